@@ -1,0 +1,29 @@
+"""stoax: neural-network modules for JAX with randomness you can trust."""
+
+from stoax import keys, nn, random
+from stoax._edit import map_modules, replace_at
+from stoax._mode import eval_mode, set_mode, train_mode
+from stoax._module import Module, field, is_array, is_module
+from stoax._partition import combine, partition, trainable
+from stoax.keys import step_key
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Module",
+    "combine",
+    "eval_mode",
+    "field",
+    "is_array",
+    "is_module",
+    "keys",
+    "map_modules",
+    "nn",
+    "partition",
+    "random",
+    "replace_at",
+    "set_mode",
+    "step_key",
+    "train_mode",
+    "trainable",
+]

@@ -1,0 +1,89 @@
+"""Editing nested modules: replace a field deep inside a model, or transform every submodule."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import jax
+
+from stoax._module import Module, is_module
+
+__all__ = ["replace_at", "map_modules"]
+
+M = TypeVar("M")
+
+
+def _parse(path: str) -> list[str | int]:
+    steps: list[str | int] = []
+    for part in path.replace("[", ".").replace("]", "").split("."):
+        if part:
+            steps.append(int(part) if part.lstrip("-").isdigit() else part)
+    return steps
+
+
+def replace_at(model: M, path: str, value: Any) -> M:
+    """A copy of ``model`` with the value at ``path`` replaced.
+
+    ``path`` names fields with dots and list or tuple positions with numbers:
+    ``"layers.0.rate"`` or ``"layers[0].rate"``; dict entries by key.
+
+    Example:
+        >>> import jax, stoax
+        >>> model = stoax.nn.Sequential([stoax.nn.Dropout(0.1), stoax.nn.Dropout(0.2)])
+        >>> stoax.replace_at(model, "layers[1].rate", 0.5).layers[1].rate
+        0.5
+    """
+    steps = _parse(path)
+    if not steps:
+        raise ValueError("replace_at needs a non-empty path such as 'layers[0].rate'.")
+    return _replace(model, steps, value, path)
+
+
+def _replace(node: Any, steps: list[str | int], value: Any, path: str) -> Any:
+    step, rest = steps[0], steps[1:]
+    try:
+        if is_module(node):
+            if not isinstance(step, str):
+                raise KeyError(step)
+            child = getattr(node, step)
+        else:
+            child = node[step]
+    except (KeyError, IndexError, AttributeError, TypeError):
+        raise KeyError(
+            f"replace_at: path {path!r} does not exist: {type(node).__name__} has no {step!r}."
+        ) from None
+    new_child = _replace(child, rest, value, path) if rest else value
+    if is_module(node):
+        return node.replace(**{step: new_child})
+    if isinstance(node, dict):
+        return {**node, step: new_child}
+    items = list(node)
+    items[step] = new_child
+    return type(node)(items) if not hasattr(node, "_fields") else type(node)(*items)
+
+
+def map_modules(fn: Callable[[Module], Module], tree: M) -> M:
+    """Apply ``fn`` to every module in ``tree``, innermost first, and rebuild the tree.
+
+    Example:
+        >>> import stoax
+        >>> model = stoax.nn.Sequential([stoax.nn.Dropout(0.1)])
+        >>> halve = lambda m: m.replace(rate=m.rate / 2) if isinstance(m, stoax.nn.Dropout) else m
+        >>> stoax.map_modules(halve, model).layers[0].rate
+        0.05
+    """
+
+    def visit(x: Any) -> Any:
+        if not is_module(x):
+            return x
+        changes = {}
+        for f in dataclasses.fields(x):
+            value = x.__dict__[f.name]
+            new = jax.tree.map(visit, value, is_leaf=is_module)
+            if new is not value:
+                changes[f.name] = new
+        return fn(x.replace(**changes) if changes else x)
+
+    return jax.tree.map(visit, tree, is_leaf=is_module)

@@ -1,0 +1,62 @@
+"""Train / evaluation mode: a ``training`` field on every stochastic layer, set for a whole model.
+
+A Python bool is static: an evaluation model compiles its dropout away. A JAX bool is traced: one
+compiled function serves both modes, inside ``lax.scan`` or ``lax.cond``, with no Python branch.
+
+Example:
+    >>> import jax, jax.numpy as jnp, stoax
+    >>> model = stoax.nn.Sequential([stoax.nn.Dropout(0.5)])
+    >>> stoax.eval_mode(model).layers[0].training
+    False
+    >>> traced = stoax.set_mode(model, jnp.asarray(True))
+    >>> traced.layers[0].training
+    Array(True, dtype=bool)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypeVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax._edit import map_modules
+from stoax._module import Module
+
+__all__ = ["set_mode", "train_mode", "eval_mode", "check_training_flag"]
+
+M = TypeVar("M")
+
+
+def check_training_flag(training: object, where: str) -> bool | jax.Array:
+    """Validate a train/eval flag: a Python bool, or a scalar boolean JAX array."""
+    if isinstance(training, bool | np.bool_):
+        return bool(training)
+    if hasattr(training, "dtype") and jnp.shape(training) == () and training.dtype == jnp.bool_:
+        return training
+    raise TypeError(
+        f"{where}: training must be a Python bool (static: evaluation compiles dropout away) or a "
+        f"scalar bool JAX array (traced: one program for both modes); got {training!r}."
+    )
+
+
+def _has_training_field(module: Module) -> bool:
+    return any(f.name == "training" for f in dataclasses.fields(module))
+
+
+def set_mode(model: M, training: bool | jax.Array) -> M:
+    """A copy of ``model`` with every stochastic layer's ``training`` field set to ``training``."""
+    flag = check_training_flag(training, "stoax.set_mode")
+    return map_modules(lambda m: m.replace(training=flag) if _has_training_field(m) else m, model)
+
+
+def train_mode(model: M) -> M:
+    """A copy of ``model`` in training mode (dropout active; a key is needed)."""
+    return set_mode(model, True)
+
+
+def eval_mode(model: M) -> M:
+    """A copy of ``model`` in evaluation mode (every stochastic layer is the identity)."""
+    return set_mode(model, False)

@@ -1,0 +1,303 @@
+"""The module system: immutable dataclass pytrees whose field *values* decide their role.
+
+A field holding a JAX array (or a tracer, a NumPy array, a ``jax.ShapeDtypeStruct``) or another
+``Module`` is a pytree child. A field holding anything else -- a Python float, an int, a string, a
+callable, ``None`` -- is static metadata stored in the tree definition. So plain ``jax.jit``,
+``jax.grad``, ``jax.vmap`` and optax see only arrays, and a dropout rate given as a Python float
+stays a Python float inside traced code.
+
+Example:
+    >>> import jax, jax.numpy as jnp, stoax
+    >>> class Scale(stoax.Module):
+    ...     weight: jax.Array
+    ...     name: str = "scale"
+    ...     def __call__(self, x, *, key=None):
+    ...         return self.weight * x
+    >>> m = Scale(jnp.ones(3))
+    >>> jax.tree.leaves(m)
+    [Array([1., 1., 1.], dtype=float32)]
+    >>> jax.jit(lambda m, x: m(x))(m, jnp.arange(3.0))
+    Array([0., 1., 2.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, dataclass_transform
+
+import jax
+import numpy as np
+
+__all__ = ["Module", "field", "is_array", "is_module"]
+
+_FROZEN = "__stoax_frozen__"  # instance flag: set once construction is over
+_FLAT = "__stoax_flat__"  # instance cache: (children, aux) -- valid because instances are immutable
+_TRAINABLE = "trainable"  # key of the field metadata that marks non-trainable arrays
+
+
+def is_array(x: Any) -> bool:
+    """True for values that are pytree leaves of a module: JAX arrays, tracers, NumPy arrays."""
+    return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
+
+
+def is_module(x: Any) -> bool:
+    """True for instances of :class:`Module`."""
+    return isinstance(x, Module)
+
+
+def field(
+    *,
+    trainable: bool = True,
+    default: Any = dataclasses.MISSING,
+    default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
+    **kwargs: Any,
+) -> Any:
+    """A dataclass field with stoax metadata.
+
+    ``trainable=False`` marks the arrays held by the field as not trainable: buffers, a dropout
+    rate given as an array, running statistics. :func:`stoax.partition` never puts them on the
+    parameter side, so an optimiser never updates them.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> class Noisy(stoax.Module):
+        ...     weight: jax.Array
+        ...     scale: jax.Array = stoax.field(trainable=False, default_factory=lambda: jnp.ones(()))
+        >>> params, rest = stoax.partition(Noisy(jnp.zeros(2)))
+        >>> params.scale is None, rest.weight is None
+        (True, True)
+    """
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata[_TRAINABLE] = trainable
+    return dataclasses.field(
+        default=default, default_factory=default_factory, metadata=metadata, **kwargs
+    )
+
+
+class _StaticLeaf:
+    """A pytree node with no children that carries one non-array value inside a mixed container.
+
+    A field such as ``{"w": array, "act": jax.nn.relu}`` holds arrays and static values side by
+    side: the arrays stay leaves, the static values ride in these nodes' tree definitions.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(
+    _StaticLeaf, lambda s: ((), _Hashable(s.value)), lambda aux, _: _StaticLeaf(aux.value)
+)
+
+
+class _Hashable:
+    """Wraps a static value for a tree definition: JAX hashes and compares tree definitions when
+    it looks up compiled functions, and lists or dicts in a field must not break that."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __hash__(self) -> int:
+        try:
+            return hash((type(self.value), self.value))
+        except TypeError:  # unhashable (a list, a dict): equal values still share this hash
+            return hash((type(self.value), len(self.value) if hasattr(self.value, "__len__") else 0))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Hashable) or type(self.value) is not type(other.value):
+            return False
+        if self.value is other.value:
+            return True
+        try:
+            return bool(self.value == other.value)
+        except Exception:  # values whose == is not a plain bool are only equal to themselves
+            return False
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+
+def _wrap_statics(value: Any) -> Any:
+    return jax.tree.map(
+        lambda x: x if is_array(x) or is_module(x) else _StaticLeaf(x), value, is_leaf=is_module
+    )
+
+
+def _unwrap_statics(value: Any) -> Any:
+    return jax.tree.map(
+        lambda x: x.value if isinstance(x, _StaticLeaf) else x,
+        value,
+        is_leaf=lambda x: isinstance(x, _StaticLeaf) or is_module(x),
+    )
+
+
+def _holds_arrays(value: Any) -> bool:
+    return any(is_array(x) or is_module(x) for x in jax.tree.leaves(value, is_leaf=is_module))
+
+
+# Roles of a field value in the flattened module.
+_CHILD = 0  # an array or a module: the value itself is the child
+_MIXED = 1  # a container holding arrays and static values: the child has the statics wrapped
+
+
+def _flatten(module: Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    cached = module.__dict__.get(_FLAT)
+    if cached is not None:
+        return cached
+    children, child_fields, static_fields = [], [], []
+    for f in dataclasses.fields(module):
+        value = module.__dict__.get(f.name, dataclasses.MISSING)
+        if value is dataclasses.MISSING:
+            raise AttributeError(
+                f"{type(module).__name__}.{f.name} was never set: its __init__ must assign "
+                f"self.{f.name}."
+            )
+        if is_array(value) or is_module(value):
+            child_fields.append((f.name, _CHILD))
+            children.append(value)
+        elif _holds_arrays(value):
+            child_fields.append((f.name, _MIXED))
+            children.append(_wrap_statics(value))
+        else:
+            static_fields.append((f.name, _Hashable(value)))
+    flat = (tuple(children), (tuple(child_fields), tuple(static_fields)))
+    object.__setattr__(module, _FLAT, flat)
+    return flat
+
+
+def _flatten_with_keys(module: Module):
+    children, aux = _flatten(module)
+    keys = [jax.tree_util.GetAttrKey(name) for name, _ in aux[0]]
+    return list(zip(keys, children, strict=True)), aux
+
+
+def _unflatten(cls: type[Module], aux, children) -> Module:
+    module = object.__new__(cls)
+    child_fields, static_fields = aux
+    for (name, role), value in zip(child_fields, children, strict=True):
+        object.__setattr__(module, name, _unwrap_statics(value) if role == _MIXED else value)
+    for name, wrapped in static_fields:
+        object.__setattr__(module, name, wrapped.value)
+    object.__setattr__(module, _FLAT, (tuple(children), aux))
+    object.__setattr__(module, _FROZEN, True)
+    return module
+
+
+class _ModuleMeta(type):
+    """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        module = cls.__new__(cls)
+        object.__setattr__(module, _FROZEN, False)
+        module.__init__(*args, **kwargs)
+        object.__setattr__(module, _FROZEN, True)
+        _flatten(module)  # fail at construction, not at the first jit, if a field was never set
+        return module
+
+
+@dataclass_transform(field_specifiers=(field, dataclasses.field))
+class Module(metaclass=_ModuleMeta):
+    """Base class of stoax modules: an immutable dataclass that is also a pytree.
+
+    Subclasses declare fields as class annotations; a dataclass ``__init__`` is generated unless
+    the class writes its own (which assigns ``self.field = ...``; assignment is refused once
+    construction is over). Use :meth:`replace` or :func:`stoax.replace_at` to make edited copies.
+
+    Example:
+        >>> import jax.numpy as jnp, stoax
+        >>> class Affine(stoax.Module):
+        ...     weight: jax.Array
+        ...     bias: jax.Array
+        ...     def __call__(self, x, *, key=None):
+        ...         return x @ self.weight + self.bias
+        >>> m = Affine(jnp.eye(2), jnp.zeros(2))
+        >>> m
+        Affine(weight=f32[2,2], bias=f32[2])
+        >>> m.replace(bias=jnp.ones(2))(jnp.zeros(2))
+        Array([1., 1.], dtype=float32)
+    """
+
+    def __init_subclass__(cls, **kwargs: Any):
+        super().__init_subclass__(**kwargs)
+        has_own_init = "__init__" in cls.__dict__
+        dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
+        jax.tree_util.register_pytree_with_keys(
+            cls,
+            _flatten_with_keys,
+            lambda aux, children: _unflatten(cls, aux, children),
+            flatten_func=_flatten,
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get(_FROZEN, True):
+            raise dataclasses.FrozenInstanceError(
+                f"cannot assign {type(self).__name__}.{name}: modules are immutable. "
+                f"Use module.replace({name}=...) or stoax.replace_at(model, path, value) to get "
+                "an edited copy."
+            )
+        object.__setattr__(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        raise dataclasses.FrozenInstanceError(f"cannot delete {type(self).__name__}.{name}")
+
+    def replace(self, **changes: Any) -> Module:
+        """A copy of this module with some fields changed (``dataclasses.replace`` for modules,
+        also for modules with a hand-written ``__init__``)."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - names
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} has no field {sorted(unknown)}; its fields are "
+                f"{sorted(names)}."
+            )
+        module = object.__new__(type(self))
+        for name in names:
+            object.__setattr__(module, name, changes.get(name, self.__dict__[name]))
+        object.__setattr__(module, _FROZEN, True)
+        _flatten(module)
+        return module
+
+    def __repr__(self) -> str:
+        from stoax._pretty import pformat
+
+        return pformat(self)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when of the same type, with equal static fields and equal arrays.
+
+        Arrays are compared by value; tracers compare equal only when they are the same object.
+        """
+        if type(self) is not type(other):
+            return NotImplemented
+        leaves_a, tree_a = jax.tree.flatten(self)
+        leaves_b, tree_b = jax.tree.flatten(other)
+        if tree_a != tree_b:
+            return False
+        return all(_leaf_equal(a, b) for a, b in zip(leaves_a, leaves_b, strict=True))
+
+    def __hash__(self) -> int:
+        # Consistent with __eq__: equal modules have equal tree definitions.
+        return hash(jax.tree.structure(self))
+
+
+def _leaf_equal(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    if isinstance(a, jax.core.Tracer) or isinstance(b, jax.core.Tracer):
+        return False
+    if isinstance(a, jax.ShapeDtypeStruct) or isinstance(b, jax.ShapeDtypeStruct):
+        return a == b
+    if jax.dtypes.issubdtype(getattr(a, "dtype", None), jax.dtypes.prng_key):
+        if not jax.dtypes.issubdtype(getattr(b, "dtype", None), jax.dtypes.prng_key):
+            return False
+        a, b = jax.random.key_data(a), jax.random.key_data(b)
+    return bool(np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a), np.asarray(b)))
+
+
+def field_is_trainable(f: dataclasses.Field) -> bool:
+    return bool(f.metadata.get(_TRAINABLE, True))

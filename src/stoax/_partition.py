@@ -1,0 +1,85 @@
+"""Telling trainable parameters apart from every other array in a model.
+
+A trainable parameter is a floating-point array held by a field not marked
+``stoax.field(trainable=False)``. Everything else -- integer arrays, keys, booleans, a dropout rate
+given as an array, buffers -- is kept out of the optimiser's way by :func:`partition`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+from stoax._module import Module, field_is_trainable, is_array, is_module
+
+__all__ = ["trainable", "partition", "combine"]
+
+T = TypeVar("T")
+
+
+def _is_trainable_array(x: Any) -> bool:
+    return is_array(x) and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def trainable(tree: T) -> T:
+    """A pytree of bools, shaped like ``tree``: True where a leaf is a trainable parameter.
+
+    Usable as an ``optax.masked`` mask.
+
+    Example:
+        >>> import jax, stoax
+        >>> drop = stoax.nn.Dropout(rate=jax.numpy.asarray(0.1))
+        >>> jax.tree.leaves(stoax.trainable(drop))
+        [False]
+    """
+    return _mask(tree, allowed=True)
+
+
+def _mask(value: Any, allowed: bool) -> Any:
+    if is_module(value):
+        return _module_mask(value, allowed)
+    return jax.tree.map(
+        lambda x: _module_mask(x, allowed) if is_module(x) else allowed and _is_trainable_array(x),
+        value,
+        is_leaf=is_module,
+    )
+
+
+def _module_mask(module: Module, allowed: bool) -> Module:
+    flags = {f.name: allowed and field_is_trainable(f) for f in dataclasses.fields(module)}
+    children, treedef = jax.tree_util.tree_flatten_with_path(module, is_leaf=lambda x: x is not module)
+    masks = [_mask(child, flags[path[0].name]) for path, child in children]
+    return jax.tree.unflatten(treedef, masks)
+
+
+def partition(tree: T) -> tuple[T, T]:
+    """Split a model into ``(params, rest)``: two pytrees shaped like it, with ``None`` holes.
+
+    ``params`` holds the trainable parameters, ``rest`` every other array. Differentiate and
+    optimise ``params``; :func:`combine` puts the model back together.
+
+    Example:
+        >>> import jax, optax, stoax
+        >>> model = stoax.nn.Linear(3, 2, key=jax.random.key(0))
+        >>> params, rest = stoax.partition(model)
+        >>> opt_state = optax.adam(1e-3).init(params)
+        >>> stoax.combine(params, rest) == model
+        True
+    """
+    mask = trainable(tree)
+    params = jax.tree.map(lambda x, m: x if m else None, tree, mask)
+    rest = jax.tree.map(lambda x, m: None if m else x, tree, mask)
+    return params, rest
+
+
+def combine(*trees: T) -> T:
+    """Merge pytrees with ``None`` holes (from :func:`partition`) into one: the first non-``None``
+    leaf wins at each position."""
+
+    def first(*xs: Any) -> Any:
+        return next((x for x in xs if x is not None), None)
+
+    return jax.tree.map(first, *trees, is_leaf=lambda x: x is None)

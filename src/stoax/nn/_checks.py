@@ -1,0 +1,58 @@
+"""Input checks shared by the stochastic layers, with messages that say what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class MissingKeyError(ValueError):
+    """A stochastic layer in training mode was called without a key."""
+
+
+def check_rate(rate: Any, layer: str) -> float | jax.Array:
+    """A rate in [0, 1]: Python numbers become floats; concrete arrays are checked by value."""
+    if isinstance(rate, bool):
+        raise TypeError(f"{layer}: rate must be a number in [0, 1], got the bool {rate}.")
+    if isinstance(rate, int | float | np.floating | np.integer):
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError(
+                f"{layer}: rate must be in [0, 1] (the probability of dropping), got {rate}."
+            )
+        return rate
+    if hasattr(rate, "dtype"):
+        if not jnp.issubdtype(rate.dtype, jnp.floating):
+            raise TypeError(f"{layer}: rate must be a floating array, got dtype {rate.dtype}.")
+        if not isinstance(rate, jax.core.Tracer):
+            values = np.asarray(rate)
+            if values.size and not ((values >= 0) & (values <= 1)).all():
+                raise ValueError(
+                    f"{layer}: every rate must be in [0, 1] (the probability of dropping), got "
+                    f"{values.min()} .. {values.max()}."
+                )
+        return rate
+    raise TypeError(f"{layer}: rate must be a float or a JAX array, got {type(rate).__name__}.")
+
+
+def require_float(x: Any, layer: Any) -> None:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{type(layer).__name__}: input must be a floating-point array (f32, bf16, f16, f64), "
+            f"got {dtype if dtype is not None else type(x).__name__}. Cast integer inputs with "
+            ".astype(jnp.float32) first."
+        )
+
+
+def need_key(layer: Any) -> MissingKeyError:
+    name = type(layer).__name__
+    return MissingKeyError(
+        f"{layer!r} is in training mode and was called without a key. Pass key=... to the "
+        f"model's forward pass (e.g. model(x, key=stoax.step_key(seed, step))); containers derive "
+        f"each layer's key from it. For evaluation use stoax.eval_mode(model), which needs no "
+        f"key. ({name} with a traced training flag always needs a key.)"
+    )

@@ -1,0 +1,56 @@
+"""``Dropout``: zero elements with probability ``rate`` in training mode, identity in evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from stoax import keys
+from stoax._mode import check_training_flag
+from stoax._module import Module, field
+from stoax.nn._checks import check_rate, need_key, require_float
+from stoax.random import dropout
+
+__all__ = ["Dropout"]
+
+
+class Dropout(Module):
+    """Inverted dropout: each element is zeroed with probability ``rate`` and the others are
+    scaled by ``1/(1-rate)``, so the expected output equals the input.
+
+    Args:
+        rate: probability of zeroing an element, in [0, 1]. A Python float is static; a JAX
+            array is a (non-trainable) leaf, so a sweep over rates can be vmapped.
+        broadcast_dims: axes along which one mask value is shared (linen's ``broadcast_dims``),
+            e.g. ``(-2,)`` to drop whole feature channels of a sequence.
+        training: ``True``/``False`` (static), or a scalar bool JAX array (traced).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> drop = stoax.nn.Dropout(0.5)
+        >>> y = drop(jnp.ones(6), key=jax.random.key(0))
+        >>> stoax.eval_mode(drop)(jnp.ones(3)).tolist()
+        [1.0, 1.0, 1.0]
+    """
+
+    rate: float | jax.Array = field(trainable=False, default=0.5)
+    broadcast_dims: tuple[int, ...] = ()
+    training: bool | jax.Array = True
+
+    def __post_init__(self):
+        self.rate = check_rate(self.rate, "Dropout")
+        self.broadcast_dims = tuple(int(d) for d in self.broadcast_dims)
+        self.training = check_training_flag(self.training, "Dropout")
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        require_float(x, self)
+        if self.training is False or (isinstance(self.rate, float) and self.rate == 0.0):
+            return x
+        if key is None:
+            raise need_key(self)
+        y = dropout(x, self.rate, keys.as_key(key, "Dropout"), broadcast_dims=self.broadcast_dims)
+        if self.training is True:
+            return y
+        return jnp.where(self.training, y, x)
