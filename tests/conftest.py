@@ -18,7 +18,8 @@ jax.config.update("jax_default_prng_impl", os.environ.get("STOAX_TEST_PRNG_IMPL"
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "allow_key_reuse: run without jax_debug_key_reuse (the test reuses keys on purpose)"
+        "markers",
+        "allow_key_reuse: run without jax_debug_key_reuse (the test reuses keys on purpose)",
     )
 
 

@@ -1,16 +1,18 @@
 """stoax: neural-network modules for JAX with randomness you can trust."""
 
-from stoax import keys, nn, random
+from stoax import audit, keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
 from stoax.keys import step_key
+from stoax.transforms import scan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Module",
+    "audit",
     "combine",
     "eval_mode",
     "field",
@@ -22,7 +24,9 @@ __all__ = [
     "partition",
     "random",
     "replace_at",
+    "scan",
     "set_mode",
+    "sharding",
     "step_key",
     "train_mode",
     "trainable",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,11 +16,18 @@ __all__ = ["replace_at", "map_modules"]
 M = TypeVar("M")
 
 
+# A quoted key in brackets (``['w']``, as ``jax.tree_util.keystr`` writes dict keys), or a run of
+# characters between the separators ``.``, ``[`` and ``]``.
+_STEP = re.compile(r"""\['([^']*)'\]|\["([^"]*)"\]|([^.\[\]]+)""")
+
+
 def _parse(path: str) -> list[str | int]:
     steps: list[str | int] = []
-    for part in path.replace("[", ".").replace("]", "").split("."):
+    for single, double, part in _STEP.findall(path):
         if part:
             steps.append(int(part) if part.lstrip("-").isdigit() else part)
+        else:  # a quoted dict key stays a string, even "0"
+            steps.append(single or double)
     return steps
 
 
@@ -27,7 +35,8 @@ def replace_at(model: M, path: str, value: Any) -> M:
     """A copy of ``model`` with the value at ``path`` replaced.
 
     ``path`` names fields with dots and list or tuple positions with numbers:
-    ``"layers.0.rate"`` or ``"layers[0].rate"``; dict entries by key.
+    ``"layers.0.rate"`` or ``"layers[0].rate"``; dict entries by key, bare or quoted as
+    ``jax.tree_util.keystr`` writes them: ``"table.w"`` or ``"table['w']"``.
 
     Example:
         >>> import jax, stoax

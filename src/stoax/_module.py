@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, dataclass_transform
 
@@ -63,7 +64,8 @@ def field(
         >>> import jax, jax.numpy as jnp, stoax
         >>> class Noisy(stoax.Module):
         ...     weight: jax.Array
-        ...     scale: jax.Array = stoax.field(trainable=False, default_factory=lambda: jnp.ones(()))
+        ...     scale: jax.Array = stoax.field(
+        ...         trainable=False, default_factory=lambda: jnp.ones(()))
         >>> params, rest = stoax.partition(Noisy(jnp.zeros(2)))
         >>> params.scale is None, rest.weight is None
         (True, True)
@@ -106,7 +108,9 @@ class _Hashable:
         try:
             return hash((type(self.value), self.value))
         except TypeError:  # unhashable (a list, a dict): equal values still share this hash
-            return hash((type(self.value), len(self.value) if hasattr(self.value, "__len__") else 0))
+            return hash(
+                (type(self.value), len(self.value) if hasattr(self.value, "__len__") else 0)
+            )
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _Hashable) or type(self.value) is not type(other.value):
@@ -198,6 +202,17 @@ class _ModuleMeta(type):
         object.__setattr__(module, _FROZEN, True)
         _flatten(module)  # fail at construction, not at the first jit, if a field was never set
         return module
+
+    @property
+    def __signature__(cls) -> inspect.Signature | None:
+        # The signature of the class is its __init__'s (less self), not (*args, **kwargs) of
+        # __call__ above: for inspect.signature, help() and editors. A property of the
+        # metaclass, so instances (callable layers) keep their __call__ signature.
+        try:
+            sig = inspect.signature(cls.__init__)
+        except (TypeError, ValueError):
+            return None
+        return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
 @dataclass_transform(field_specifiers=(field, dataclasses.field))

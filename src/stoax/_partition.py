@@ -27,7 +27,12 @@ def _is_trainable_array(x: Any) -> bool:
 def trainable(tree: T) -> T:
     """A pytree of bools, shaped like ``tree``: True where a leaf is a trainable parameter.
 
-    Usable as an ``optax.masked`` mask.
+    To train only these leaves, prefer :func:`partition` (differentiate and update the
+    trainable half alone). With the whole model as optax's parameters, label the leaves for
+    ``optax.multi_transform`` -- ``jax.tree.map(lambda t: "train" if t else "freeze",
+    stoax.trainable(model))`` with ``optax.set_to_zero()`` for ``"freeze"``. Not
+    ``optax.masked``: it passes the *unmasked* leaves' updates through unchanged rather than
+    zeroing them.
 
     Example:
         >>> import jax, stoax
@@ -50,7 +55,9 @@ def _mask(value: Any, allowed: bool) -> Any:
 
 def _module_mask(module: Module, allowed: bool) -> Module:
     flags = {f.name: allowed and field_is_trainable(f) for f in dataclasses.fields(module)}
-    children, treedef = jax.tree_util.tree_flatten_with_path(module, is_leaf=lambda x: x is not module)
+    children, treedef = jax.tree_util.tree_flatten_with_path(
+        module, is_leaf=lambda x: x is not module
+    )
     masks = [_mask(child, flags[path[0].name]) for path, child in children]
     return jax.tree.unflatten(treedef, masks)
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="stoax: neural-network modules for JAX with randomness you can trust.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (module, help_text) in SUBCOMMANDS.items():
+    for name, (_module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 
@@ -11,7 +9,7 @@ from stoax import keys
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
 from stoax.nn._checks import check_rate, need_key, require_float
-from stoax.random import dropout
+from stoax.random import dropout, dropout_then
 
 __all__ = ["Dropout"]
 
@@ -54,3 +52,28 @@ class Dropout(Module):
         if self.training is True:
             return y
         return jnp.where(self.training, y, x)
+
+    def then(self, fn, x: jax.Array, *operands: jax.Array, key: jax.Array | None = None):
+        """``fn(self(x, key=key), *operands)`` as one differentiated unit
+        (:func:`stoax.random.dropout_then`): the backward pass keeps ``x`` and the key, not the
+        dropped ``x``. Use it when the next op is a matmul (attention ``probs @ v``).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, stoax
+            >>> drop = stoax.nn.Dropout(0.1)
+            >>> drop.then(jnp.matmul, jnp.ones((3, 4)), jnp.ones((4, 2)),
+            ...           key=jax.random.key(0)).shape
+            (3, 2)
+        """
+        require_float(x, self)
+        if self.training is False or (isinstance(self.rate, float) and self.rate == 0.0):
+            return fn(x, *operands)
+        if key is None:
+            raise need_key(self)
+        key = keys.as_key(key, "Dropout")
+        if self.training is True:
+            return dropout_then(
+                fn, x, *operands, rate=self.rate, key=key, broadcast_dims=self.broadcast_dims
+            )
+        y = dropout(x, self.rate, key, broadcast_dims=self.broadcast_dims)
+        return fn(jnp.where(self.training, y, x), *operands)

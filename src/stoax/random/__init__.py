@@ -1,5 +1,19 @@
 """Random primitives used by every stochastic layer."""
 
-from stoax.random._dropout import dropout, keep_mask
+from stoax.random._dropout import (
+    dropout,
+    dropout_then,
+    get_regenerate_mask,
+    keep_mask,
+    random_bits,
+    set_regenerate_mask,
+)
 
-__all__ = ["dropout", "keep_mask"]
+__all__ = [
+    "dropout",
+    "dropout_then",
+    "get_regenerate_mask",
+    "keep_mask",
+    "random_bits",
+    "set_regenerate_mask",
+]

@@ -1,20 +1,265 @@
 """The dropout primitive: masks from raw random bits compared with an integer threshold.
 
-A mask element is kept when a uniform ``uint32`` draw is at least ``round(rate * 2**32)``, so the
-drop probability is exact to ``2**-32`` (no float conversion, no float rounding at 0 or 1).
+**Exactness.** An element is kept when a uniform ``uint32`` draw is at least
+``round(rate * 2**32)``, so the drop probability is exact to the granularity ``2**-32``: no float
+conversion, no float rounding at 0 or 1 (``rate=0`` keeps everything, ``rate=1`` drops
+everything). A traced ``rate`` (a JAX array) is a float32 whose threshold is
+``floor(rate * 2**32)``: the same ``2**-32`` step, on a float32 rate.
+
+**Bits.** The bits are exactly ``jax.random.bits(key, mask_shape, jnp.uint32)`` for every PRNG
+implementation (threefry2x32, rbg, unsafe_rbg, ...), so a mask can be reproduced outside stoax.
+For threefry2x32 keys (the default), stoax evaluates the same Threefry-2x32 hash on the same
+counters as JAX's partitionable implementation, but as straight-line array code rather than
+JAX's CPU lowering (a 5-step ``while`` loop that materialises two ``uint32`` arrays of the mask's
+size): XLA then fuses the hash, the comparison and the select into one pass over ``x``, with no
+bits or mask ever stored. Bitwise equal to ``jax.random.bits``; tested.
+
+Narrower draws (``jax.random.bits`` with ``uint8``/``uint16``) are *not* offered: with JAX's
+partitionable threefry every element still costs one full Threefry-2x32 evaluation, truncated, so
+``uint8`` is no faster and only coarser (``2**-8``: rate 0.1 would become 26/256 = 0.1016).
+
+**Memory (``regenerate_mask``).** By default the primitive is a ``jax.custom_vjp`` whose only
+residuals are the key's raw words (and a traced rate): the backward pass regenerates the mask
+from the key behind an ``optimization_barrier``, so XLA can neither store the mask nor merge the
+two generations back into one stored buffer. Switch it off for a call
+(``regenerate_mask=False``) or globally (:func:`set_regenerate_mask`) to get plain autodiff (the
+mask is then a residual, unless XLA fuses it away).
+
+The dropout *output* is a residual of whatever consumes it next when that op needs its input
+for its own gradient (a matmul: ``dW = dropped_x^T @ g``). :func:`dropout_then` makes dropout and
+that op one differentiated unit: it keeps only the *pre*-dropout input (which the op before
+usually stores anyway -- the softmax output for attention) and the key, and regenerates the
+dropped input in the backward pass. Use it for attention probabilities (``probs @ v``) and for a
+dropout that feeds a Linear.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["dropout", "keep_mask"]
+__all__ = [
+    "dropout",
+    "dropout_then",
+    "get_regenerate_mask",
+    "keep_mask",
+    "random_bits",
+    "set_regenerate_mask",
+]
 
 _SCALE = 2**32
+_REGENERATE_MASK = True
+
+
+def set_regenerate_mask(enabled: bool) -> bool:
+    """Set the default of ``regenerate_mask`` for :func:`dropout` / :func:`dropout_then`.
+
+    ``True`` (the default): the mask is regenerated from the key in the backward pass
+    (``jax.custom_vjp``), never stored. ``False``: plain autodiff of the same forward
+    computation. Returns the previous setting. Read at trace time, so it affects functions traced
+    (jitted) after the call.
+
+    Example:
+        >>> import stoax
+        >>> previous = stoax.random.set_regenerate_mask(False)
+        >>> _ = stoax.random.set_regenerate_mask(previous)
+        >>> stoax.random.get_regenerate_mask()
+        True
+    """
+    global _REGENERATE_MASK
+    previous = _REGENERATE_MASK
+    _REGENERATE_MASK = bool(enabled)
+    return previous
+
+
+def get_regenerate_mask() -> bool:
+    """The current default of ``regenerate_mask`` (see :func:`set_regenerate_mask`)."""
+    return _REGENERATE_MASK
+
+
+# --------------------------------------------------------------------------------------------
+# Random bits: jax.random.bits(key, shape, uint32), with a fusible threefry2x32 path.
+# --------------------------------------------------------------------------------------------
+
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _threefry2x32(k1, k2, x1, x2):
+    """The Threefry-2x32 block cipher (20 rounds), written as straight-line array code."""
+    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
+    x1 = x1 + ks[0]
+    x2 = x2 + ks[1]
+    for i in range(5):
+        for r in _ROTATIONS[i % 2]:
+            x1 = x1 + x2
+            x2 = (x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r))
+            x2 = x1 ^ x2
+        x1 = x1 + ks[(i + 1) % 3]
+        x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+    return x1, x2
+
+
+def _counters(shape: tuple[int, ...]) -> jax.Array:
+    """The row-major element index as uint32 (valid for fewer than 2**32 elements)."""
+    if not shape:
+        return jnp.zeros((), jnp.uint32)
+    index = None
+    stride = 1
+    for dim in reversed(range(len(shape))):
+        term = jax.lax.broadcasted_iota(jnp.uint32, shape, dim)
+        if stride != 1:
+            term = term * np.uint32(stride)
+        index = term if index is None else index + term
+        stride *= shape[dim]
+    return index
+
+
+def _fused_threefry_ok(impl: str, shape: tuple[int, ...]) -> bool:
+    return (
+        impl == "threefry2x32"
+        and bool(jax.config.jax_threefry_partitionable)
+        and math.prod(shape) < _SCALE
+    )
+
+
+def _bits_from_words(
+    words: jax.Array, shape: tuple[int, ...], tie: jax.Array | None = None
+) -> jax.Array:
+    """``jax.random.bits`` of a threefry2x32 key given as its raw ``uint32[2]`` words.
+
+    ``tie`` (an array of ``shape``): see :func:`_zeros_tied_to`.
+    """
+    lo = _counters(shape)
+    if tie is not None:
+        lo = lo ^ _zeros_tied_to(tie, shape)
+    # JAX's partitionable threefry hashes the 64-bit index (hi, lo); hi = 0 below 2**32 elements.
+    a, b = _threefry2x32(words[0], words[1], jnp.zeros_like(lo), lo)
+    return a ^ b
+
+
+@jax.custom_jvp
+def _consumed_words(key: jax.Array) -> jax.Array:
+    # The key's raw words. The custom_jvp wrapper is opaque to jax_debug_key_reuse, which
+    # therefore counts this call as consuming ``key`` -- as jax.random.bits would.
+    return jax.random.key_data(key)
+
+
+@_consumed_words.defjvp
+def _consumed_words_jvp(primals, tangents):
+    out = _consumed_words(*primals)
+    return out, np.zeros(out.shape, jax.dtypes.float0)
+
+
+def _bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    if _fused_threefry_ok(str(jax.random.key_impl(key)), shape):
+        return _bits_from_words(_consumed_words(key), shape)
+    return jax.random.bits(key, shape, jnp.uint32)
+
+
+def _zeros_tied_to(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """``uint32`` zeros of ``shape`` that XLA cannot prove are zeros: they depend on ``a``.
+
+    XLA:CPU drops ``optimization_barrier`` before common-subexpression elimination, so a barrier
+    alone does not keep the backward regeneration apart from the forward draw (XLA merges them
+    and stores the bits between the passes). ``isnan(v) & isfinite(v)`` is false for every
+    float ``v`` but not provably so to XLA: XOR-ing it into the counters ties the regeneration to
+    ``a`` (the cotangent), so it runs in the backward pass and is never merged with the forward
+    draw. Elementwise, so it fuses into the hash and, under sharding, needs no communication:
+    each shard reads its own block of ``a``. Axes where ``shape`` is 1 (``broadcast_dims``) are
+    sliced at index 0.
+    """
+    if a.shape != shape:
+        a = a[tuple(slice(0, 1) if n == 1 else slice(None) for n in shape)]
+    if not jnp.issubdtype(a.dtype, jnp.floating):
+        return jnp.zeros(shape, jnp.uint32)
+    return (jnp.isnan(a) & jnp.isfinite(a)).astype(jnp.uint32)
+
+
+def _regen_bits(words: jax.Array, impl: str, shape: tuple[int, ...], tie: jax.Array) -> jax.Array:
+    """Regenerate the bits from a key's words (the backward pass; not a new draw), tied to
+    ``tie`` (the cotangent, or an array of the mask's size) so that XLA keeps it apart."""
+    if _fused_threefry_ok(impl, shape):
+        return _bits_from_words(words, shape, tie)
+    # RngBitGenerator takes the key alone: tie its words to one element of ``tie``.
+    return jax.random.bits(jax.random.wrap_key_data(_tie(words, tie), impl=impl), shape, jnp.uint32)
+
+
+def _tie(words: jax.Array, *arrays: jax.Array) -> jax.Array:
+    """``words``, made to depend on ``arrays`` without changing its value (see
+    :func:`_zeros_tied_to`; this scalar form is for draws that take only a key)."""
+    for a in arrays:
+        if a.size and jnp.issubdtype(a.dtype, jnp.floating):
+            v = jnp.ravel(a)[0]
+            words = words ^ (jnp.isnan(v) & jnp.isfinite(v)).astype(words.dtype)
+    return words
+
+
+def _as_key(key: Any) -> jax.Array:
+    from stoax.keys import as_key
+
+    key = as_key(key, "stoax.random.dropout")
+    if key.shape != ():
+        raise ValueError(
+            f"stoax.random.dropout: expected a single key, got a key array of shape {key.shape}. "
+            "For one mask per example, jax.vmap over the keys."
+        )
+    return key
+
+
+def random_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+    """Uniform ``uint32`` bits of ``shape``: exactly ``jax.random.bits(key, shape, jnp.uint32)``.
+
+    For threefry2x32 keys this is computed as fusible straight-line code (see the module
+    docstring), several times faster than ``jax.random.bits`` on CPU and never materialised when
+    its consumer is elementwise.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> key = jax.random.key(0)
+        >>> bool((stoax.random.random_bits(key, (3, 5)) == jax.random.bits(key, (3, 5))).all())
+        True
+    """
+    return _random_bits(_as_key(key), tuple(int(d) for d in shape))
+
+
+@partial(jax.jit, static_argnums=(1,), inline=True)
+def _random_bits(key, shape):
+    return _bits(key, shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Thresholds, masks, scales
+# --------------------------------------------------------------------------------------------
+
+
+def _is_static(rate: Any) -> bool:
+    return isinstance(rate, int | float) and not isinstance(rate, bool)
+
+
+def _mask_from_bits(bits: jax.Array, rate: float | jax.Array) -> jax.Array:
+    if _is_static(rate):
+        threshold = round(rate * _SCALE)
+        if threshold >= _SCALE:
+            return jnp.zeros(bits.shape, jnp.bool_)
+        return bits >= jnp.uint32(threshold)
+    rate = jnp.asarray(rate, jnp.float32)
+    # float32 cannot hold 2**32 - 1; clip below it and treat rate >= 1 apart.
+    threshold = jnp.clip(rate * np.float32(_SCALE), 0, np.float32(_SCALE - 256)).astype(jnp.uint32)
+    return (bits >= threshold) & (rate < 1)
+
+
+def _scale(rate: float | jax.Array, dtype) -> jax.Array:
+    if _is_static(rate):
+        return jnp.asarray(0.0 if rate >= 1 else 1.0 / (1.0 - rate), dtype)
+    rate = jnp.asarray(rate, jnp.float32)
+    scale = jnp.where(rate < 1, 1.0 / jnp.maximum(1.0 - rate, np.finfo(np.float32).tiny), 0.0)
+    return scale.astype(dtype)
 
 
 def _mask_shape(shape: tuple[int, ...], broadcast_dims: Sequence[int]) -> tuple[int, ...]:
@@ -23,27 +268,103 @@ def _mask_shape(shape: tuple[int, ...], broadcast_dims: Sequence[int]) -> tuple[
     return tuple(1 if i in dims else n for i, n in enumerate(shape))
 
 
-def keep_mask(
-    key: jax.Array, shape: Sequence[int], rate: float | jax.Array
-) -> jax.Array:
+def keep_mask(key: jax.Array, shape: Sequence[int], rate: float | jax.Array) -> jax.Array:
     """A boolean mask of ``shape``: each element True (kept) with probability ``1 - rate``.
+
+    ``jax.random.bits(key, shape, jnp.uint32) >= round(rate * 2**32)``: exact to ``2**-32``.
 
     Example:
         >>> import jax, stoax
         >>> stoax.random.keep_mask(jax.random.key(0), (4,), 0.0).tolist()
         [True, True, True, True]
     """
-    shape = tuple(shape)
-    bits = jax.random.bits(key, shape, dtype=jnp.uint32)
-    if isinstance(rate, int | float):
-        threshold = round(rate * _SCALE)
-        if threshold >= _SCALE:
-            return jnp.zeros(shape, jnp.bool_)
-        return bits >= jnp.uint32(threshold)
-    rate = jnp.asarray(rate, jnp.float32)
-    # float32 cannot hold 2**32 - 1; clip below it and treat rate >= 1 apart.
-    threshold = jnp.clip(rate * np.float32(_SCALE), 0, np.float32(_SCALE - 256)).astype(jnp.uint32)
-    return (bits >= threshold) & (rate < 1)
+    shape = tuple(int(d) for d in shape)
+    if _is_static(rate):
+        return _keep_mask_static(_as_key(key), shape, float(rate))
+    return _keep_mask_traced(_as_key(key), shape, rate)
+
+
+@partial(jax.jit, static_argnums=(1, 2), inline=True)
+def _keep_mask_static(key, shape, rate):
+    return _mask_from_bits(_bits(key, shape), rate)
+
+
+@partial(jax.jit, static_argnums=(1,), inline=True)
+def _keep_mask_traced(key, shape, rate):
+    return _mask_from_bits(_bits(key, shape), rate)
+
+
+def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
+    return jnp.where(mask, x * _scale(rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _rate_cotangent(rate: jax.Array) -> jax.Array:
+    return jnp.zeros_like(rate)
+
+
+# --------------------------------------------------------------------------------------------
+# custom_vjp: residuals are the key's words (and a traced rate), nothing of the mask's size.
+# --------------------------------------------------------------------------------------------
+
+# ``static`` = (python_rate_or_None, impl, mask_shape); ``rate`` is a dummy when static.
+
+
+def _rate_of(static, rate):
+    return static[0] if static[0] is not None else rate
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dropout_regen(static, x, key, rate):
+    r = _rate_of(static, rate)
+    return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
+
+
+def _dropout_regen_fwd(static, x, key, rate):
+    r = _rate_of(static, rate)
+    if _fused_threefry_ok(static[1], static[2]):
+        words = _consumed_words(key)
+        bits = _bits_from_words(words, static[2])
+    else:
+        # rbg & co.: the draw (RngBitGenerator) is an unfusible op that depends on the key alone,
+        # so XLA may schedule every layer's draw at the start of the program and keep all the
+        # bits alive. Tying the draw to ``x`` makes it run when its input is ready.
+        words = _consumed_words(key)
+        bits = _regen_bits(words, static[1], static[2], tie=x)
+    return _apply(x, _mask_from_bits(bits, r), r), (words, rate)
+
+
+def _dropout_regen_bwd(static, res, g):
+    words, rate = res
+    # Separate barriers: one barrier over the tuple ``(words, g)`` makes GSPMD gather ``g``
+    # under sharding. What keeps the regeneration apart from the forward draw on every backend
+    # is the elementwise tie to ``g`` (see _zeros_tied_to).
+    words = jax.lax.optimization_barrier(words)
+    g = jax.lax.optimization_barrier(g)
+    r = _rate_of(static, rate)
+    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=g), r)
+    dx = _apply(g, mask, r)
+    return dx, None, _rate_cotangent(rate)
+
+
+_dropout_regen.defvjp(_dropout_regen_fwd, _dropout_regen_bwd)
+
+
+def _prepare(x, rate, key, broadcast_dims, regenerate_mask):
+    key = _as_key(key)
+    mask_shape = _mask_shape(tuple(x.shape), broadcast_dims)
+    regen = _REGENERATE_MASK if regenerate_mask is None else bool(regenerate_mask)
+    if _is_static(rate):
+        rate = float(rate)
+        static_rate, traced_rate = rate, jnp.zeros((), jnp.float32)
+    else:
+        static_rate, traced_rate = None, jnp.asarray(rate, jnp.float32)
+        if traced_rate.shape != ():
+            raise ValueError(
+                f"stoax.random.dropout: rate must be a scalar, got shape {traced_rate.shape}. "
+                "For one rate per example, jax.vmap over the rates."
+            )
+    static = (static_rate, str(jax.random.key_impl(key)), mask_shape)
+    return key, static, traced_rate, regen
 
 
 def dropout(
@@ -52,11 +373,19 @@ def dropout(
     key: jax.Array,
     *,
     broadcast_dims: Sequence[int] = (),
+    regenerate_mask: bool | None = None,
 ) -> jax.Array:
     """Zero each element of ``x`` with probability ``rate`` and scale the rest by ``1/(1-rate)``.
 
-    ``broadcast_dims`` share one mask value along those axes (linen's ``broadcast_dims``). The
-    dtype of ``x`` is kept; ``rate == 1`` gives zeros (no NaN).
+    The mask is ``keep_mask(key, mask_shape, rate)``: ``jax.random.bits(key, mask_shape,
+    uint32) >= round(rate * 2**32)``, exact to ``2**-32``. ``broadcast_dims`` share one mask value
+    along those axes (linen's ``broadcast_dims``). The dtype of ``x`` is kept; ``rate == 1``
+    gives zeros (no NaN). ``rate`` is a Python float (static) or a scalar JAX array (traced).
+
+    ``regenerate_mask`` (default: :func:`get_regenerate_mask`, ``True``): the backward pass keeps
+    only the key and regenerates the mask (a ``jax.custom_vjp``); the values of the output and
+    of the gradient are bitwise those of plain autodiff. To keep the *output* out of memory too
+    when the next op is a matmul, use :func:`dropout_then`.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -64,11 +393,97 @@ def dropout(
         >>> sorted(set(y.tolist()))
         [0.0, 2.0]
     """
-    mask = keep_mask(key, _mask_shape(x.shape, broadcast_dims), rate)
-    if isinstance(rate, int | float):
-        scale = 0.0 if rate >= 1 else 1.0 / (1.0 - rate)
-    else:
-        rate = jnp.asarray(rate, jnp.float32)
-        scale = jnp.where(rate < 1, 1.0 / jnp.maximum(1.0 - rate, np.finfo(np.float32).tiny), 0.0)
-    scaled = x * jnp.asarray(scale, x.dtype)
-    return jnp.where(mask, scaled, jnp.zeros((), x.dtype))
+    x = jnp.asarray(x)
+    if _is_static(rate) and float(rate) == 0.0:
+        return x
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask)
+    if _is_static(rate) and float(rate) >= 1.0:
+        return jnp.zeros_like(x)
+    return _dropout_core(static, regen, x, key, traced_rate)
+
+
+# jit (inlined when traced): eager calls compile once instead of dispatching ~100 small ops.
+@partial(jax.jit, static_argnums=(0, 1), inline=True)
+def _dropout_core(static, regen, x, key, traced_rate):
+    if regen:
+        return _dropout_regen(static, x, key, traced_rate)
+    r = _rate_of(static, traced_rate)
+    return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
+
+
+# --------------------------------------------------------------------------------------------
+# dropout_then: dropout fused with the op that consumes it.
+# --------------------------------------------------------------------------------------------
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _dropout_then_regen(fn, static, x, key, rate, operands):
+    r = _rate_of(static, rate)
+    return fn(_apply(x, _mask_from_bits(_bits(key, static[2]), r), r), *operands)
+
+
+def _dropout_then_fwd(fn, static, x, key, rate, operands):
+    y, (words, rate) = _dropout_regen_fwd(static, x, key, rate)
+    return fn(y, *operands), (x, words, rate, operands)
+
+
+def _dropout_then_bwd(fn, static, res, g):
+    x, words, rate, operands = res
+    # One barrier per value (a tuple barrier makes GSPMD gather under sharding; see above).
+    x, words, operands, g = jax.tree.map(jax.lax.optimization_barrier, (x, words, operands, g))
+    r = _rate_of(static, rate)
+    # Tie the regeneration to something the forward draw does not depend on: elementwise to
+    # ``x`` for the fused threefry hash (the forward hash is untied; ``g`` has fn's output
+    # shape), and to ``g`` for a key-only draw (rbg & co., whose forward draw is tied to ``x``).
+    tie = x if _fused_threefry_ok(static[1], static[2]) else g
+    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=tie), r)
+    dropped = _apply(x, mask, r)
+    _, vjp = jax.vjp(fn, dropped, *operands)
+    d_dropped, *d_operands = vjp(g)
+    return _apply(d_dropped, mask, r), None, _rate_cotangent(rate), tuple(d_operands)
+
+
+_dropout_then_regen.defvjp(_dropout_then_fwd, _dropout_then_bwd)
+
+
+def dropout_then(
+    fn: Callable[..., jax.Array],
+    x: jax.Array,
+    *operands: jax.Array,
+    rate: float | jax.Array,
+    key: jax.Array,
+    broadcast_dims: Sequence[int] = (),
+    regenerate_mask: bool | None = None,
+) -> jax.Array:
+    """``fn(dropout(x, rate, key), *operands)`` as one differentiated unit.
+
+    With ``regenerate_mask`` (the default) the backward pass keeps ``x``, ``operands`` and the
+    key -- not the mask, and not the dropped ``x`` -- and rebuilds the dropped input from them.
+    When ``x`` is stored anyway (a softmax output, an activation the previous layer needs), the
+    dropout costs no memory at all. ``fn`` is differentiated with ``jax.vjp`` in the backward
+    pass: for a linear ``fn`` (matmul, einsum) XLA drops the unused primal recomputation. ``fn``
+    must be a pure function of its arguments (close over nothing that is traced).
+
+    Example (attention probabilities, a matmul after dropout):
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> probs, v = jnp.full((2, 4, 4), 0.25), jnp.ones((2, 4, 8))
+        >>> out = stoax.random.dropout_then(
+        ...     jnp.matmul, probs, v, rate=0.1, key=jax.random.key(0))
+        >>> out.shape
+        (2, 4, 8)
+    """
+    x = jnp.asarray(x)
+    if _is_static(rate) and float(rate) == 0.0:
+        return fn(x, *operands)
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask)
+    if _is_static(rate) and float(rate) >= 1.0:
+        return fn(jnp.zeros_like(x), *operands)
+    return _dropout_then_core(fn, static, regen, x, key, traced_rate, tuple(operands))
+
+
+@partial(jax.jit, static_argnums=(0, 1, 2), inline=True)
+def _dropout_then_core(fn, static, regen, x, key, traced_rate, operands):
+    if regen:
+        return _dropout_then_regen(fn, static, x, key, traced_rate, operands)
+    r = _rate_of(static, traced_rate)
+    return fn(_apply(x, _mask_from_bits(_bits(key, static[2]), r), r), *operands)

@@ -1,0 +1,495 @@
+"""stoax dropout vs Flax NNX, Flax linen, Equinox and jax.random.bernoulli, in ONE process.
+
+    python benchmarks/run.py [--impl threefry2x32|rbg|unsafe_rbg] [--reps N] [--quick]
+
+(1) 16M f32 elements: mask generation, dropout forward, dropout forward+backward (``jax.vjp``:
+    output and input cotangent), each as a multiple of a plain jitted copy of the same array
+    (the memory-bandwidth floor; lower is better, 1.0 = as fast as a copy).
+(2) A Transformer training step (4 pre-LN layers, d_model 256, 4 heads, seq 128, batch 32,
+    vocabulary 512, next-token loss, adamw; dropout 0.1 on embeddings, attention probabilities,
+    residual branches and the MLP hidden layer): step time with dropout on/off and XLA's
+    compiled temporary memory (``compiled.memory_analysis().temp_size_in_bytes``) on/off.
+    stoax uses its library ``stoax.nn.TransformerEncoder`` ("stoax"); "stoax prims" is the
+    anchors' hand-written architecture (unrolled layers, no scan) on stoax's primitives
+    (``dropout``; ``dropout_then`` for attention probabilities and the MLP hidden layer); the
+    anchors are that architecture with each library's own Linear/LayerNorm/Embed/Dropout.
+(3) Compile time of that step (lower + compile, dropout on).
+
+Times are medians over ``--reps`` timed calls after a warm-up call; every library is measured at
+the same PRNG implementation (``--impl``, set as ``jax_default_prng_impl`` before any key is made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+
+import jax
+
+PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+PARSER.add_argument("--impl", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"])
+PARSER.add_argument("--reps", type=int, default=7, help="timed repetitions per figure (median)")
+PARSER.add_argument("--quick", action="store_true", help="smaller arrays, 3 reps (smoke test)")
+ARGS = PARSER.parse_args()
+jax.config.update("jax_default_prng_impl", ARGS.impl)
+
+import equinox as eqx  # noqa: E402
+import flax.linen as linen  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+from flax import nnx  # noqa: E402
+
+import stoax  # noqa: E402
+
+REPS = 3 if ARGS.quick else ARGS.reps
+RATE = 0.1
+
+
+def bench(fn, *args):
+    """Median wall time (ms) of ``fn(*args)`` over REPS calls, after one warm-up call."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(REPS):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * statistics.median(times)
+
+
+# --------------------------------------------------------------------------------------------
+# (1) elementwise: masks and dropout on 16M elements
+# --------------------------------------------------------------------------------------------
+
+
+def elementwise_table():
+    side = 1024 if ARGS.quick else 4096
+    x = jax.random.normal(jax.random.key(0), (side, side), jnp.float32)
+    ct = jnp.ones_like(x)
+    key = jax.random.key(1)
+
+    nnx_drop = nnx.Dropout(RATE, rngs=nnx.Rngs(0))
+    linen_drop = linen.Dropout(RATE)
+    eqx_drop = eqx.nn.Dropout(RATE)
+
+    def bern(x, k):
+        return jnp.where(jax.random.bernoulli(k, 1 - RATE, x.shape), x / (1 - RATE), 0)
+
+    drops = {
+        "stoax": lambda x, k: stoax.random.dropout(x, RATE, k),
+        "stoax (stored mask)": lambda x, k: stoax.random.dropout(x, RATE, k, regenerate_mask=False),
+        "flax nnx": lambda x, k: nnx_drop(x, rngs=nnx.Rngs(dropout=k)),
+        "flax linen": lambda x, k: linen_drop.apply(
+            {}, x, deterministic=False, rngs={"dropout": k}
+        ),
+        "equinox": lambda x, k: eqx_drop(x, key=k),
+        "jax.random.bernoulli": bern,
+    }
+    masks = {
+        "stoax": lambda k: stoax.random.keep_mask(k, x.shape, RATE),
+        "jax.random.bernoulli (anchors)": lambda k: jax.random.bernoulli(k, 1 - RATE, x.shape),
+    }
+
+    copy_ms = bench(jax.jit(jnp.copy), x)
+    rows = []
+    for name, m in masks.items():
+        rows.append((name, "mask", bench(jax.jit(m), key)))
+    for name, d in drops.items():
+        fwd = jax.jit(d)
+
+        def fwd_bwd(x, k, ct, d=d):
+            y, vjp = jax.vjp(lambda x: d(x, k), x)
+            return y, vjp(ct)[0]
+
+        rows.append((name, "fwd", bench(fwd, x, key)))
+        rows.append((name, "fwd+bwd", bench(jax.jit(fwd_bwd), x, key, ct)))
+    print(
+        f"\n(1) {x.size / 2**20:.0f}M f32 elements, rate {RATE}, impl {ARGS.impl}: "
+        f"copy floor {copy_ms:.1f} ms (median of {REPS})"
+    )
+    print(f"{'library':32s} {'what':8s} {'ms':>9s} {'x copy':>8s}")
+    for name, what, ms in rows:
+        print(f"{name:32s} {what:8s} {ms:9.1f} {ms / copy_ms:8.2f}")
+    return copy_ms, rows
+
+
+# --------------------------------------------------------------------------------------------
+# (2) Transformer training step
+# --------------------------------------------------------------------------------------------
+
+V, D, H, L, T, B = 512, 256, 4, 4, 128, 32
+if ARGS.quick:
+    L, T, B = 2, 64, 8
+LR = 1e-3
+
+
+def lm_loss(logits, tokens):
+    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+
+
+def heads(x):
+    return x.reshape(*x.shape[:-1], H, D // H)
+
+
+def attention(q, k, v, drop_probs):
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(D // H), k)
+    probs = drop_probs(jax.nn.softmax(logits, axis=-1))
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return out.reshape(*out.shape[:-2], D)
+
+
+# ---- stoax: the library model ----
+
+
+def stoax_step_fn(rate):
+    model = stoax.nn.TransformerEncoder(
+        vocab_size=V,
+        out_features=V,
+        features=D,
+        num_heads=H,
+        num_layers=L,
+        max_len=T,
+        dropout=rate,
+        attention_dropout=rate,
+        key=jax.random.key(0),
+    )
+    params, rest = stoax.partition(model)
+    opt = optax.adamw(LR)
+    state = (params, opt.init(params))
+
+    def step(state, tokens, key):
+        params, opt_state = state
+
+        def loss(p):
+            return lm_loss(stoax.combine(p, rest)(tokens, key=key), tokens)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return step, state
+
+
+# ---- stoax primitives in the anchors' hand-written architecture (no Stack / scan) ----
+
+
+def _dense(key, n_in, n_out):
+    return {"w": jax.random.normal(key, (n_in, n_out)) / math.sqrt(n_in), "b": jnp.zeros(n_out)}
+
+
+def _ln(x):
+    mean = x.mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(((x - mean) ** 2).mean(-1, keepdims=True) + 1e-6)
+
+
+def _affine(x, w, b):
+    return x @ w + b
+
+
+def stoax_prims_step_fn(rate):
+    ks = iter(jax.random.split(jax.random.key(0), 8 * L + 4))
+    params = {
+        "embed": 0.02 * jax.random.normal(next(ks), (V, D)),
+        "pos": 0.02 * jax.random.normal(next(ks), (T, D)),
+        "head": _dense(next(ks), D, V),
+        "blocks": [
+            {
+                n: _dense(next(ks), *io)
+                for n, io in {
+                    "q": (D, D),
+                    "k": (D, D),
+                    "v": (D, D),
+                    "o": (D, D),
+                    "fc1": (D, 4 * D),
+                    "fc2": (4 * D, D),
+                }.items()
+            }
+            for _ in range(L)
+        ],
+    }
+    lin = lambda p, x: x @ p["w"] + p["b"]  # noqa: E731
+    drop = lambda x, k: stoax.random.dropout(x, rate, k) if rate else x  # noqa: E731
+
+    def forward(params, tokens, key):
+        x = drop(params["embed"][tokens] + params["pos"], stoax.keys.child(key, "embed"))
+        for i, p in enumerate(params["blocks"]):
+            k1, k2, k3, k4 = stoax.keys.derive(stoax.keys.child(key, i), "p", "a", "h", "m")
+            h = _ln(x)
+            q, k, v = heads(lin(p["q"], h)), heads(lin(p["k"], h)), heads(lin(p["v"], h))
+            logits = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(D // H), k)
+            probs = jax.nn.softmax(logits, axis=-1)
+            pv = lambda pr, v: jnp.einsum("bhqk,bkhd->bqhd", pr, v)  # noqa: E731
+            out = (
+                stoax.random.dropout_then(pv, probs, v, rate=rate, key=k1) if rate else pv(probs, v)
+            )
+            x = x + drop(lin(p["o"], out.reshape(B, T, D)), k2)
+            h = jax.nn.gelu(lin(p["fc1"], _ln(x)))
+            h = (
+                stoax.random.dropout_then(
+                    _affine, h, p["fc2"]["w"], p["fc2"]["b"], rate=rate, key=k3
+                )
+                if rate
+                else lin(p["fc2"], h)
+            )
+            x = x + drop(h, k4)
+        return lin(params["head"], _ln(x))
+
+    opt = optax.adamw(LR)
+
+    def step(state, tokens, key):
+        params, opt_state = state
+        value, grads = jax.value_and_grad(lambda p: lm_loss(forward(p, tokens, key), tokens))(
+            params
+        )
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return step, (params, opt.init(params))
+
+
+# ---- Flax NNX ----
+
+
+class NNXBlock(nnx.Module):
+    def __init__(self, rate, rngs):
+        self.ln1, self.ln2 = nnx.LayerNorm(D, rngs=rngs), nnx.LayerNorm(D, rngs=rngs)
+        self.q, self.k, self.v, self.o = (nnx.Linear(D, D, rngs=rngs) for _ in range(4))
+        self.fc1, self.fc2 = nnx.Linear(D, 4 * D, rngs=rngs), nnx.Linear(4 * D, D, rngs=rngs)
+        self.drop_probs, self.drop_attn = nnx.Dropout(rate, rngs=rngs), nnx.Dropout(rate, rngs=rngs)
+        self.drop_hidden, self.drop_mlp = nnx.Dropout(rate, rngs=rngs), nnx.Dropout(rate, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.ln1(x)
+        h = attention(heads(self.q(h)), heads(self.k(h)), heads(self.v(h)), self.drop_probs)
+        x = x + self.drop_attn(self.o(h))
+        h = self.drop_hidden(jax.nn.gelu(self.fc1(self.ln2(x))))
+        return x + self.drop_mlp(self.fc2(h))
+
+
+class NNXModel(nnx.Module):
+    def __init__(self, rate, rngs):
+        self.embed = nnx.Embed(V, D, rngs=rngs)
+        self.pos = nnx.Param(0.02 * jax.random.normal(jax.random.key(1), (T, D)))
+        self.drop = nnx.Dropout(rate, rngs=rngs)
+        self.blocks = nnx.List([NNXBlock(rate, rngs) for _ in range(L)])
+        self.ln = nnx.LayerNorm(D, rngs=rngs)
+        self.head = nnx.Linear(D, V, rngs=rngs)
+
+    def __call__(self, tokens):
+        x = self.drop(self.embed(tokens) + self.pos[...])
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln(x))
+
+
+def nnx_step_fn(rate):
+    model = NNXModel(rate, nnx.Rngs(params=0, dropout=1))
+    if rate == 0.0:
+        model.eval()
+    opt = nnx.Optimizer(model, optax.adamw(LR), wrt=nnx.Param)
+    graphdef, state = nnx.split((model, opt))
+
+    def step(state, tokens, key):
+        model, opt = nnx.merge(graphdef, state)
+        # A fresh dropout stream per step from the step key (as a stoax user passes a key).
+        nnx.reseed(model, dropout=key)
+        value, grads = nnx.value_and_grad(lambda m: lm_loss(m(tokens), tokens))(model)
+        opt.update(model, grads)
+        return nnx.state((model, opt)), value
+
+    return step, state
+
+
+# ---- Flax linen ----
+
+
+class LinenBlock(linen.Module):
+    rate: float
+
+    @linen.compact
+    def __call__(self, x, train):
+        drop = lambda: linen.Dropout(self.rate, deterministic=not train)  # noqa: E731
+        h = linen.LayerNorm()(x)
+        h = attention(
+            heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), drop()
+        )
+        x = x + drop()(linen.Dense(D)(h))
+        h = drop()(jax.nn.gelu(linen.Dense(4 * D)(linen.LayerNorm()(x))))
+        return x + drop()(linen.Dense(D)(h))
+
+
+class LinenModel(linen.Module):
+    rate: float
+
+    @linen.compact
+    def __call__(self, tokens, train):
+        pos = self.param("pos", lambda k: 0.02 * jax.random.normal(k, (T, D)))
+        x = linen.Dropout(self.rate, deterministic=not train)(linen.Embed(V, D)(tokens) + pos)
+        for _ in range(L):
+            x = LinenBlock(self.rate)(x, train)
+        return linen.Dense(V)(linen.LayerNorm()(x))
+
+
+def linen_step_fn(rate):
+    model = LinenModel(rate)
+    params = model.init(jax.random.key(0), jnp.zeros((B, T), jnp.int32), False)["params"]
+    opt = optax.adamw(LR)
+    train = rate > 0
+
+    def step(state, tokens, key):
+        params, opt_state = state
+
+        def loss(p):
+            logits = model.apply({"params": p}, tokens, train, rngs={"dropout": key})
+            return lm_loss(logits, tokens)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state), value
+
+    return step, (params, opt.init(params))
+
+
+# ---- Equinox ----
+
+
+class EqxBlock(eqx.Module):
+    ln1: eqx.nn.LayerNorm
+    ln2: eqx.nn.LayerNorm
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    o: eqx.nn.Linear
+    fc1: eqx.nn.Linear
+    fc2: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+
+    def __init__(self, rate, key):
+        ks = jax.random.split(key, 6)
+        self.ln1, self.ln2 = eqx.nn.LayerNorm(D), eqx.nn.LayerNorm(D)
+        self.q, self.k, self.v, self.o = (eqx.nn.Linear(D, D, key=k) for k in ks[:4])
+        self.fc1, self.fc2 = eqx.nn.Linear(D, 4 * D, key=ks[4]), eqx.nn.Linear(4 * D, D, key=ks[5])
+        self.drop = eqx.nn.Dropout(rate, inference=rate == 0.0)
+
+    def __call__(self, x, key):  # x: (T, D), one example (vmapped over the batch)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        lin = lambda layer, h: jax.vmap(layer)(h)  # noqa: E731
+        h = jax.vmap(self.ln1)(x)
+        q, k, v = heads(lin(self.q, h)), heads(lin(self.k, h)), heads(lin(self.v, h))
+        h = attention(q[None], k[None], v[None], lambda p: self.drop(p, key=k1))[0]
+        x = x + self.drop(lin(self.o, h), key=k2)
+        h = self.drop(jax.nn.gelu(lin(self.fc1, jax.vmap(self.ln2)(x))), key=k3)
+        return x + self.drop(lin(self.fc2, h), key=k4)
+
+
+class EqxModel(eqx.Module):
+    embed: eqx.nn.Embedding
+    pos: jax.Array
+    blocks: list
+    ln: eqx.nn.LayerNorm
+    head: eqx.nn.Linear
+    drop: eqx.nn.Dropout
+
+    def __init__(self, rate, key):
+        ks = jax.random.split(key, L + 3)
+        self.embed = eqx.nn.Embedding(V, D, key=ks[0])
+        self.pos = 0.02 * jax.random.normal(ks[1], (T, D))
+        self.blocks = [EqxBlock(rate, k) for k in ks[3:]]
+        self.ln = eqx.nn.LayerNorm(D)
+        self.head = eqx.nn.Linear(D, V, key=ks[2])
+        self.drop = eqx.nn.Dropout(rate, inference=rate == 0.0)
+
+    def __call__(self, tokens, key):  # one example
+        keys = jax.random.split(key, L + 1)
+        x = self.drop(jax.vmap(self.embed)(tokens) + self.pos, key=keys[0])
+        for block, k in zip(self.blocks, keys[1:], strict=True):
+            x = block(x, k)
+        return jax.vmap(self.head)(jax.vmap(self.ln)(x))
+
+
+def eqx_step_fn(rate):
+    model = EqxModel(rate, jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt = optax.adamw(LR)
+
+    def step(state, tokens, key):
+        params, opt_state = state
+
+        def loss(p):
+            m = eqx.combine(p, static)
+            logits = jax.vmap(m)(tokens, jax.random.split(key, tokens.shape[0]))
+            return lm_loss(logits, tokens)
+
+        value, grads = jax.value_and_grad(loss)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return (eqx.apply_updates(params, updates), opt_state), value
+
+    return step, (params, opt.init(params))
+
+
+STEPS = {
+    "stoax": stoax_step_fn,
+    "stoax prims": stoax_prims_step_fn,
+    "flax nnx": nnx_step_fn,
+    "flax linen": linen_step_fn,
+    "equinox": eqx_step_fn,
+}
+
+
+def transformer_table():
+    tokens = jax.random.randint(jax.random.key(2), (B, T), 0, V)
+    results = {}
+    for name, make in STEPS.items():
+        row = {}
+        for rate in (RATE, 0.0):
+            step, state = make(rate)
+            # donate the state, as a training loop does
+            jitted = jax.jit(step, donate_argnums=0)
+            t0 = time.perf_counter()
+            compiled = jitted.lower(state, tokens, jax.random.key(3)).compile()
+            compile_s = time.perf_counter() - t0
+            temp = compiled.memory_analysis().temp_size_in_bytes
+            keys = iter(jax.random.split(jax.random.key(4), REPS + 2))
+            box = [state]
+
+            def run(box=box, compiled=compiled, keys=keys):
+                box[0], value = compiled(box[0], tokens, next(keys))
+                return value
+
+            ms = bench(run)
+            row[rate] = (ms, temp, compile_s)
+        results[name] = row
+        print(f"  measured {name}", file=sys.stderr)
+
+    fastest_anchor = min(results[n][RATE][0] for n in ("flax nnx", "equinox"))
+    print(
+        f"\n(2)+(3) Transformer step: {L} layers, d_model {D}, {H} heads, seq {T}, batch {B}, "
+        f"adamw, dropout {RATE}; impl {ARGS.impl}; median of {REPS}"
+    )
+    print(
+        f"{'library':12s} {'ms on':>8s} {'ms off':>8s} {'on/off':>7s} {'temp MiB on':>12s} "
+        f"{'temp MiB off':>13s} {'on/off':>7s} {'compile s':>10s}"
+    )
+    for name, row in results.items():
+        (on_ms, on_t, on_c), (off_ms, off_t, _) = row[RATE], row[0.0]
+        print(
+            f"{name:12s} {on_ms:8.1f} {off_ms:8.1f} {on_ms / off_ms:7.2f} {on_t / 2**20:12.1f} "
+            f"{off_t / 2**20:13.1f} {on_t / off_t:7.3f} {on_c:10.1f}"
+        )
+    for name in ("stoax", "stoax prims"):
+        print(
+            f"{name} dropout-on step time / fastest of (flax nnx, equinox): "
+            f"{results[name][RATE][0] / fastest_anchor:.2f}"
+        )
+    return results
+
+
+if __name__ == "__main__":
+    print(
+        f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}, "
+        f"impl {ARGS.impl}, reps {REPS}"
+    )
+    elementwise_table()
+    transformer_table()

@@ -1,0 +1,141 @@
+"""A griffe extension for the API reference (loaded by mkdocstrings, see mkdocs.yml).
+
+1. ``Example:`` and ``Example (title):`` sections in stoax's Google-style docstrings are read
+   as ``Examples:``, so their doctests render as code blocks rather than as ``>>>`` paragraphs.
+2. An ``Args:`` entry naming several parameters (``stride, dilation: ...``) is read as one entry
+   per parameter with the same description.
+3. ``stoax.Module`` subclasses get their dataclass ``__init__`` (stoax applies ``dataclass`` in
+   ``__init_subclass__``, which griffe cannot see statically): the signature shows the fields,
+   and an ``Args:`` section on the class documents real parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+# "Example:" or "Example (what it shows):" on a line of its own.
+_EXAMPLE = re.compile(
+    r"^(?P<indent>[ \t]*)Examples?(?: \((?P<title>[^\n]*)\))?:[ \t]*$", re.MULTILINE
+)
+_MODULE_BASE = "stoax._module.Module"
+
+
+def _examples_section(match: re.Match) -> str:
+    indent, title = match["indent"], match["title"]
+    if not title:
+        return f"{indent}Examples:"
+    return f"{indent}Examples:\n{indent}    {title[0].upper()}{title[1:]}:\n"
+
+
+_ARGS = re.compile(r"^(?P<indent>[ \t]*)(Args|Arguments|Parameters|Params):[ \t]*$")
+_GROUPED = re.compile(r"^(?P<indent>[ \t]*)(?P<names>\w+(?:, \w+)+):(?P<rest>.*)$")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _split_grouped_args(text: str) -> str:
+    lines, out, i = text.splitlines(), [], 0
+    section_indent = None
+    while i < len(lines):
+        line = lines[i]
+        if m := _ARGS.match(line):
+            section_indent = len(m["indent"])
+        elif line.strip() and section_indent is not None and _indent(line) <= section_indent:
+            section_indent = None
+        m = _GROUPED.match(line) if section_indent is not None else None
+        if m is None:
+            out.append(line)
+            i += 1
+            continue
+        body = [m["rest"]]
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or _indent(lines[i]) > len(m["indent"])):
+            body.append("\n" + lines[i])
+            i += 1
+        for name in m["names"].split(", "):
+            out.append(f"{m['indent']}{name}:{''.join(body)}")
+    return "\n".join(out)
+
+
+class StoaxDocs(griffe.Extension):
+    def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
+        self._visit(pkg, set())
+
+    def _visit(self, obj: griffe.Object, seen: set[str]) -> None:
+        if obj.path in seen:
+            return
+        seen.add(obj.path)
+        if obj.docstring is not None:
+            value = _EXAMPLE.sub(_examples_section, obj.docstring.value)
+            obj.docstring.value = _split_grouped_args(value)
+        if obj.is_class:
+            self._add_dataclass_init(obj)
+        for member in obj.members.values():
+            if not member.is_alias:
+                self._visit(member, seen)
+
+    def _add_dataclass_init(self, cls: griffe.Class) -> None:
+        if "__init__" in cls.members or cls.path == _MODULE_BASE:
+            return
+        try:
+            mro = cls.mro()
+        except Exception:  # an unresolvable base: leave the class as griffe saw it
+            return
+        if not any(base.path == _MODULE_BASE for base in mro):
+            return
+        for base in mro:  # a parent with a hand-written __init__ decides the signature
+            if "__init__" in base.members and base.path != _MODULE_BASE:
+                return
+        params: dict[str, griffe.Parameter] = {}
+        for owner in [*reversed(mro), cls]:
+            if owner.path == _MODULE_BASE:
+                continue
+            for name, member in owner.members.items():
+                if member.is_alias or not member.is_attribute or member.annotation is None:
+                    continue
+                if "property" in member.labels or (
+                    "class-attribute" in member.labels
+                    and "instance-attribute" not in member.labels
+                    and member.value is None
+                ):
+                    continue
+                params[name] = self._parameter(member)
+        positional = [p for p in params.values() if p.kind is not griffe.ParameterKind.keyword_only]
+        keyword = [p for p in params.values() if p.kind is griffe.ParameterKind.keyword_only]
+        init = griffe.Function(
+            "__init__",
+            lineno=0,
+            endlineno=0,
+            parent=cls,
+            parameters=griffe.Parameters(
+                griffe.Parameter("self", kind=griffe.ParameterKind.positional_or_keyword),
+                *positional,
+                *keyword,
+            ),
+            returns="None",
+        )
+        cls.set_member("__init__", init)
+
+    @staticmethod
+    def _parameter(member: griffe.Attribute) -> griffe.Parameter:
+        value = member.value
+        default: Any = value
+        kind = griffe.ParameterKind.positional_or_keyword
+        if isinstance(value, griffe.ExprCall) and str(value.function).split(".")[-1] == "field":
+            default = None
+            for arg in value.arguments:
+                if isinstance(arg, griffe.ExprKeyword):
+                    if arg.name == "default":
+                        default = arg.value
+                    elif arg.name == "default_factory":
+                        default = griffe.ExprCall(function=arg.value, arguments=[])
+                    elif arg.name == "kw_only" and str(arg.value) == "True":
+                        kind = griffe.ParameterKind.keyword_only
+        return griffe.Parameter(
+            member.name, annotation=member.annotation, kind=kind, default=default
+        )

@@ -1,0 +1,153 @@
+"""``MultiHeadAttention``: scaled dot-product attention with dropout on the probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from stoax import keys
+from stoax._module import Module
+from stoax.nn._dropout import Dropout
+from stoax.nn._linear import Linear
+
+__all__ = ["MultiHeadAttention"]
+
+
+def _weighted_sum(probs: jax.Array, v: jax.Array) -> jax.Array:
+    # (..., heads, q, k) x (..., k, heads, d) -> (..., q, heads, d); a module-level function, so
+    # the fused dropout sees the same `fn` on every call.
+    return jnp.einsum("...hqk,...khd->...qhd", probs, v)
+
+
+class MultiHeadAttention(Module):
+    """Multi-head scaled dot-product attention.
+
+    ``query`` has shape ``(..., q_len, features)``; ``context`` (keys and values) has shape
+    ``(..., kv_len, context_features)`` and defaults to ``query`` (self-attention). Any leading
+    batch axes are allowed. The projections ``query_proj``, ``key_proj``, ``value_proj`` and
+    ``out_proj`` are :class:`~stoax.nn.Linear` layers; the attention probabilities go through the
+    :class:`~stoax.nn.Dropout` field ``dropout``, whose key is ``stoax.keys.child(key,
+    "dropout")`` -- so :func:`stoax.set_mode` reaches it, and ``dropout=0.0`` needs no key.
+
+    Args:
+        features: size of the last axis of ``query``.
+        num_heads: number of heads; must divide ``qkv_features``.
+        qkv_features: size of the projected queries/keys/values (default ``features``).
+        out_features: size of the output's last axis (default ``features``).
+        dropout: probability of dropping an attention probability, in [0, 1].
+        use_bias: whether the projections have a bias.
+        causal: a query at position ``i`` sees only key positions ``j <= i``.
+        context_features: size of the last axis of ``context`` (default ``features``).
+        key: the key that initialises the projections.
+
+    Call with ``mask``: a boolean array broadcastable to ``(..., num_heads, q_len, kv_len)``,
+    True where a query may attend to a key. A query row with no allowed key outputs zeros
+    (before ``out_proj``).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> attn = stoax.nn.MultiHeadAttention(8, 2, dropout=0.1, key=jax.random.key(0))
+        >>> x = jnp.ones((3, 5, 8))  # (batch, length, features)
+        >>> attn(x, key=jax.random.key(1)).shape
+        (3, 5, 8)
+        >>> stoax.eval_mode(attn)(x, mask=jnp.tril(jnp.ones((5, 5), bool))).shape
+        (3, 5, 8)
+    """
+
+    query_proj: Linear
+    key_proj: Linear
+    value_proj: Linear
+    out_proj: Linear
+    dropout: Dropout
+    num_heads: int
+    causal: bool
+
+    def __init__(
+        self,
+        features: int,
+        num_heads: int,
+        *,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        dropout: float | jax.Array = 0.0,
+        use_bias: bool = True,
+        causal: bool = False,
+        context_features: int | None = None,
+        key: jax.Array,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        qkv_features = features if qkv_features is None else qkv_features
+        out_features = features if out_features is None else out_features
+        context_features = features if context_features is None else context_features
+        if num_heads < 1 or qkv_features % num_heads:
+            raise ValueError(
+                f"MultiHeadAttention: qkv_features ({qkv_features}) must be a positive multiple "
+                f"of num_heads ({num_heads}); pick qkv_features=num_heads * head_size."
+            )
+        if not isinstance(causal, bool):
+            raise TypeError(f"MultiHeadAttention: causal must be a Python bool, got {causal!r}.")
+        k_q, k_k, k_v, k_o = keys.derive(key, "query_proj", "key_proj", "value_proj", "out_proj")
+        self.query_proj = Linear(features, qkv_features, use_bias=use_bias, key=k_q, dtype=dtype)
+        self.key_proj = Linear(
+            context_features, qkv_features, use_bias=use_bias, key=k_k, dtype=dtype
+        )
+        self.value_proj = Linear(
+            context_features, qkv_features, use_bias=use_bias, key=k_v, dtype=dtype
+        )
+        self.out_proj = Linear(qkv_features, out_features, use_bias=use_bias, key=k_o, dtype=dtype)
+        self.dropout = Dropout(dropout)
+        self.num_heads = int(num_heads)
+        self.causal = causal
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        # (..., length, qkv_features) -> (..., length, heads, head_size)
+        return x.reshape(*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads)
+
+    def _full_mask(self, mask: jax.Array | None, q_len: int, kv_len: int) -> jax.Array | None:
+        if mask is not None:
+            if getattr(mask, "dtype", None) != jnp.bool_:
+                raise TypeError(
+                    f"MultiHeadAttention: mask must be a boolean array (True = may attend), got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}. Use mask.astype(bool)."
+                )
+            target = (self.num_heads, q_len, kv_len)
+            tail = mask.shape[-3:]
+            if any(m not in (1, t) for m, t in zip(tail[::-1], target[::-1], strict=False)):
+                raise ValueError(
+                    f"MultiHeadAttention: mask of shape {mask.shape} does not broadcast to "
+                    f"(..., num_heads, q_len, kv_len) = (..., {', '.join(map(str, target))})."
+                )
+        if self.causal:
+            causal = jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]
+            mask = causal if mask is None else mask & causal
+        return mask
+
+    def __call__(
+        self,
+        query: jax.Array,
+        context: jax.Array | None = None,
+        *,
+        mask: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        context = query if context is None else context
+        q = self._heads(self.query_proj(query))
+        k = self._heads(self.key_proj(context))
+        v = self._heads(self.value_proj(context))
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k)
+        logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+        mask = self._full_mask(mask, q.shape[-3], k.shape[-3])
+        if mask is not None:
+            logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if mask is not None:  # rows with no allowed key: zeros, not a uniform average
+            probs = jnp.where(mask, probs, 0.0)
+        # Dropout fused with the weighted sum: the backward pass keeps the probabilities (needed
+        # by softmax anyway) and the key, not the dropped probabilities.
+        out = self.dropout.then(
+            _weighted_sum, probs.astype(v.dtype), v, key=keys.child(key, "dropout")
+        )
+        return self.out_proj(out.reshape(*out.shape[:-2], -1))

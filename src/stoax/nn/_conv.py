@@ -1,0 +1,166 @@
+"""``Conv``: 1-, 2- or 3-D convolution over channels-last inputs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax._module import Module
+from stoax.nn._checks import require_float
+from stoax.nn._sizes import positive_int, positive_ints
+
+__all__ = ["Conv"]
+
+Padding = str | int | Sequence[int | tuple[int, int]]
+_SPATIAL = "DHW"  # names of up to three spatial axes in lax's dimension-number strings
+_PADDING_MODES = ("SAME", "SAME_LOWER", "VALID")
+
+
+class Conv(Module):
+    """Convolution of a channels-last input ``(..., *spatial, in_channels)``.
+
+    ``kernel_size`` decides the number of spatial dimensions: an int is a 1-D convolution over
+    inputs ``(..., length, C)``, a tuple of two ints a 2-D one over ``(..., height, width, C)``
+    (a tuple of one or three ints gives 1-D or 3-D). Any number of leading batch axes, including
+    none, is accepted. Computed with ``jax.lax.conv_general_dilated`` (a cross-correlation, as in
+    every deep-learning library) in the promoted dtype of the input and the weight.
+
+    Args:
+        in_channels, out_channels: channel counts, both divisible by ``groups``.
+        kernel_size: an int (1-D) or a tuple of ints, one per spatial dimension.
+        stride, dilation: an int or one int per spatial dimension (dilation of the kernel).
+        padding: ``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``, an int (on both sides of every spatial
+            dimension), or per dimension an int or a ``(low, high)`` pair.
+        groups: feature groups: ``groups == in_channels`` is a depthwise convolution.
+        use_bias: add a bias; ``bias`` is ``None`` otherwise.
+        key: key of the initialisation.
+
+    Initialisation: ``weight`` of shape ``(*kernel_size, in_channels // groups, out_channels)``
+    is LeCun-normal (truncated normal, variance ``1 / fan_in`` with
+    ``fan_in = prod(kernel_size) * in_channels // groups``), ``bias`` zeros ``(out_channels,)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> conv = stoax.nn.Conv(3, 8, (3, 3), stride=2, key=jax.random.key(0))
+        >>> conv(jnp.ones((4, 32, 32, 3))).shape
+        (4, 16, 16, 8)
+        >>> stoax.nn.Conv(2, 5, 3, padding="VALID", key=jax.random.key(1))(jnp.ones((10, 2))).shape
+        (8, 5)
+    """
+
+    weight: jax.Array
+    bias: jax.Array | None
+    stride: tuple[int, ...]
+    padding: str | tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+    groups: int
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        *,
+        stride: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        key: jax.Array,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        n = 1 if isinstance(kernel_size, int | np.integer) else _num_spatial(kernel_size)
+        kernel = positive_ints(kernel_size, n, "Conv", "kernel_size")
+        in_channels = positive_int(in_channels, "Conv", "in_channels")
+        out_channels = positive_int(out_channels, "Conv", "out_channels")
+        groups = positive_int(groups, "Conv", "groups")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"Conv: in_channels ({in_channels}) and out_channels ({out_channels}) must both "
+                f"be divisible by groups ({groups})."
+            )
+        self.stride = positive_ints(stride, n, "Conv", "stride")
+        self.padding = _padding(padding, n)
+        self.dilation = positive_ints(dilation, n, "Conv", "dilation")
+        self.groups = groups
+        init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
+        self.weight = init(key, (*kernel, in_channels // groups, out_channels), dtype)
+        self.bias = jnp.zeros((out_channels,), dtype) if use_bias else None
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[:-2])
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[-2] * self.groups
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[-1]
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        require_float(x, self)
+        n = len(self.stride)
+        if x.ndim < n + 1 or x.shape[-1] != self.in_channels:
+            layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
+            raise ValueError(
+                f"Conv({self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}): "
+                f"expected a channels-last input (..., {layout}) with C = {self.in_channels}, "
+                f"got shape {tuple(x.shape)}."
+            )
+        batch = x.shape[: x.ndim - n - 1]
+        h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
+        dtype = jnp.promote_types(x.dtype, self.weight.dtype)
+        spatial = _SPATIAL[-n:]
+        y = jax.lax.conv_general_dilated(
+            h.astype(dtype),
+            self.weight.astype(dtype),
+            window_strides=self.stride,
+            padding=self.padding,
+            rhs_dilation=self.dilation,
+            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+            feature_group_count=self.groups,
+        )
+        if self.bias is not None:
+            y = y + self.bias.astype(dtype)
+        return y.reshape((*batch, *y.shape[1:]))
+
+
+def _num_spatial(kernel_size: object) -> int:
+    if isinstance(kernel_size, Sequence) and 1 <= len(kernel_size) <= len(_SPATIAL):
+        return len(kernel_size)
+    raise ValueError(
+        f"Conv: kernel_size must be an int (1-D) or a tuple of 1 to {len(_SPATIAL)} ints (one per "
+        f"spatial dimension), got {kernel_size!r}."
+    )
+
+
+def _padding(padding: Padding, n: int) -> str | tuple[tuple[int, int], ...]:
+    if isinstance(padding, str):
+        if padding.upper() not in _PADDING_MODES:
+            raise ValueError(f"Conv: padding must be one of {_PADDING_MODES}, got {padding!r}.")
+        return padding.upper()
+    if isinstance(padding, int | np.integer) and not isinstance(padding, bool):
+        padding = (padding,) * n
+    pairs = []
+    if isinstance(padding, Sequence) and len(padding) == n:
+        for p in padding:
+            if isinstance(p, int | np.integer) and not isinstance(p, bool):
+                pairs.append((int(p), int(p)))
+            elif (
+                isinstance(p, Sequence)
+                and len(p) == 2
+                and all(isinstance(q, int | np.integer) and not isinstance(q, bool) for q in p)
+            ):
+                pairs.append((int(p[0]), int(p[1])))
+    if len(pairs) != n:
+        raise ValueError(
+            f"Conv: padding must be 'SAME', 'SAME_LOWER', 'VALID', an int, or {n} entries (one "
+            f"per spatial dimension) each an int or a (low, high) pair; got {padding!r}."
+        )
+    return tuple(pairs)

@@ -1,0 +1,81 @@
+"""``GaussianNoise``: additive zero-mean Gaussian noise in training mode, identity in evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax import keys
+from stoax._mode import check_training_flag
+from stoax._module import Module, field
+from stoax.nn._checks import need_key, require_float
+
+__all__ = ["GaussianNoise"]
+
+
+def _check_stddev(stddev: Any) -> float | jax.Array:
+    if isinstance(stddev, bool):
+        raise TypeError(f"GaussianNoise: stddev must be a number >= 0, got the bool {stddev}.")
+    if isinstance(stddev, int | float | np.integer | np.floating):
+        stddev = float(stddev)
+        if not stddev >= 0.0:  # also refuses NaN
+            raise ValueError(
+                f"GaussianNoise: stddev must be >= 0 (the noise's standard deviation), got "
+                f"{stddev}."
+            )
+        return stddev
+    if hasattr(stddev, "dtype"):
+        if not jnp.issubdtype(stddev.dtype, jnp.floating):
+            raise TypeError(
+                f"GaussianNoise: stddev must be a floating array, got dtype {stddev.dtype}."
+            )
+        if not isinstance(stddev, jax.core.Tracer):
+            values = np.asarray(stddev)
+            if values.size and not (values >= 0).all():
+                raise ValueError(
+                    f"GaussianNoise: every stddev must be >= 0, got min {values.min()}."
+                )
+        return stddev
+    raise TypeError(
+        f"GaussianNoise: stddev must be a float or a JAX array, got {type(stddev).__name__}."
+    )
+
+
+class GaussianNoise(Module):
+    """Add ``stddev * N(0, 1)`` noise to every element in training mode; identity in evaluation.
+
+    The noise is drawn in the input's dtype (f32, bf16, f16 kept). ``stddev`` is a Python float
+    (static) or a JAX array (a non-trainable leaf, so a sweep can be vmapped); ``training`` a
+    Python bool (static) or a scalar bool JAX array (traced). A key is needed in training mode
+    unless ``stddev == 0``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> noise = stoax.nn.GaussianNoise(0.1)
+        >>> noise(jnp.zeros(3), key=jax.random.key(0)).shape
+        (3,)
+        >>> stoax.eval_mode(noise)(jnp.zeros(3)).tolist()
+        [0.0, 0.0, 0.0]
+    """
+
+    stddev: float | jax.Array = field(trainable=False)
+    training: bool | jax.Array = field(default=True, kw_only=True)
+
+    def __post_init__(self):
+        self.stddev = _check_stddev(self.stddev)
+        self.training = check_training_flag(self.training, "GaussianNoise")
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        require_float(x, self)
+        if self.training is False or (isinstance(self.stddev, float) and self.stddev == 0.0):
+            return x
+        if key is None:
+            raise need_key(self)
+        noise = jax.random.normal(keys.as_key(key, "GaussianNoise"), jnp.shape(x), x.dtype)
+        y = x + jnp.asarray(self.stddev, x.dtype) * noise
+        if self.training is True:
+            return y
+        return jnp.where(self.training, y, x)

@@ -1,0 +1,77 @@
+"""``MLP``: Linear -> activation -> Dropout per hidden layer, then a final Linear."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from stoax import keys
+from stoax._module import Module
+from stoax.nn._dropout import Dropout
+from stoax.nn._linear import Linear
+from stoax.nn._sizes import positive_int
+
+__all__ = ["MLP"]
+
+
+class MLP(Module):
+    """A multilayer perceptron: ``Linear -> activation -> Dropout(dropout)`` for each size in
+    ``hidden``, then a final ``Linear`` to ``out_features`` with no activation.
+
+    ``layers`` holds the ``len(hidden) + 1`` Linear layers, ``dropouts`` the ``len(hidden)``
+    Dropout layers (in training mode; switch with ``stoax.eval_mode``). ``activation`` is static
+    metadata. The key of ``dropouts[i]`` is ``keys.child(keys.child(key, "dropouts"), i)``: each
+    hidden layer draws its own mask. Initialisation: each Linear as :class:`Linear` (weight
+    LeCun-normal, bias zeros), from ``jax.random.split(key, len(hidden) + 1)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> mlp = stoax.nn.MLP(4, 2, hidden=(16,), dropout=0.1, key=jax.random.key(0))
+        >>> mlp(jnp.ones((8, 4)), key=jax.random.key(1)).shape
+        (8, 2)
+        >>> stoax.eval_mode(mlp)(jnp.ones(4)).shape  # no key needed in evaluation
+        (2,)
+    """
+
+    layers: tuple[Linear, ...]
+    dropouts: tuple[Dropout, ...]
+    activation: Callable[[jax.Array], jax.Array]
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        hidden: Sequence[int] = (64, 64),
+        activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+        dropout: float | jax.Array = 0.0,
+        use_bias: bool = True,
+        key: jax.Array,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        if isinstance(hidden, int) or not isinstance(hidden, Sequence):
+            raise TypeError(
+                f"MLP: hidden must be a sequence of layer sizes such as (64, 64), got {hidden!r}."
+            )
+        if not callable(activation):
+            raise TypeError(f"MLP: activation must be a callable, got {activation!r}.")
+        sizes = [
+            positive_int(in_features, "MLP", "in_features"),
+            *(positive_int(h, "MLP", "hidden") for h in hidden),
+            positive_int(out_features, "MLP", "out_features"),
+        ]
+        self.dropouts = tuple(Dropout(dropout) for _ in hidden)
+        self.activation = activation
+        init_keys = jax.random.split(keys.as_key(key, "MLP"), len(sizes) - 1)
+        self.layers = tuple(
+            Linear(a, b, use_bias=use_bias, key=k, dtype=dtype)
+            for a, b, k in zip(sizes[:-1], sizes[1:], init_keys, strict=True)
+        )
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        drop_key = keys.child(key, "dropouts")
+        for i, (linear, drop) in enumerate(zip(self.layers[:-1], self.dropouts, strict=True)):
+            x = drop(self.activation(linear(x)), key=keys.child(drop_key, i))
+        return self.layers[-1](x)

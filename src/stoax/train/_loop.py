@@ -1,0 +1,159 @@
+"""The training loop: epochs of jitted steps, evaluation after each epoch, a progress bar."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+from stoax.train._data import batches, num_batches
+from stoax.train._extras import require
+from stoax.train._state import TrainState
+from stoax.train._step import LossFn, make_eval_step, make_train_step
+
+__all__ = ["evaluate", "fit"]
+
+Record = dict[str, float]
+
+
+def evaluate(
+    eval_step: Callable[[Any, Any], Mapping[str, jax.Array]],
+    model: Any,
+    data: Any,
+    *,
+    batch_size: int = 2048,
+) -> Record:
+    """Metrics of ``model`` on the whole of ``data``, averaged over examples.
+
+    ``eval_step`` comes from :func:`make_eval_step` (it puts the model in evaluation mode).
+
+    Example:
+        >>> import jax, numpy as np, stoax
+        >>> from stoax.train import classification_loss, evaluate, make_eval_step
+        >>> model = stoax.nn.Linear(4, 3, key=jax.random.key(0))
+        >>> data = {"x": np.ones((5, 4), np.float32), "y": np.zeros(5, np.int32)}
+        >>> sorted(evaluate(make_eval_step(classification_loss), model, data, batch_size=2))
+        ['accuracy', 'loss']
+    """
+    sizes, results = [], []
+    for batch in batches(data, batch_size):
+        sizes.append(len(jax.tree.leaves(batch)[0]))
+        results.append(eval_step(model, batch))
+    results = jax.device_get(results)  # one transfer, and the sums below run in NumPy
+    weights = np.asarray(sizes, np.float64) / sum(sizes)
+    return {name: float(np.dot(weights, [r[name] for r in results])) for name in results[0]}
+
+
+def fit(
+    state: TrainState,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    train_data: Any,
+    *,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    eval_data: Mapping[str, Any] | None = None,
+    progress: bool = True,
+    description: str = "training",
+    on_epoch_end: Callable[[TrainState, Record], None] | None = None,
+) -> tuple[TrainState, list[Record]]:
+    """Train ``state`` until ``epochs`` epochs are done; return the final state and one metrics
+    record per epoch run.
+
+    Training continues from ``state.step``: a state restored from a checkpoint picks up at its
+    epoch (mid-epoch too, skipping the batches already seen), with the same batches
+    (:func:`batches` seeded by ``(seed, epoch)``) and the same keys (``step_key(seed, step)``) as
+    an uninterrupted run -- the result is bitwise the same. The model is used in the mode it is
+    in; make it with dropout in training mode (the default).
+
+    After each epoch the model is evaluated in evaluation mode on every ``eval_data`` set; the
+    record holds ``epoch``, ``step``, the running means over the epoch's training batches
+    (``loss``, ``accuracy``, ... as ``loss_fn`` reports them, with dropout active) and
+    ``{name}_{metric}`` for each evaluation set (e.g. ``test_accuracy``). ``on_epoch_end(state,
+    record)`` is called after each epoch (save a checkpoint there). ``progress=False`` turns the
+    tqdm progress bar off.
+
+    Example:
+        >>> import jax, numpy as np, optax, stoax
+        >>> from stoax.train import TrainState, classification_loss, fit
+        >>> rng = np.random.default_rng(0)
+        >>> data = {"x": rng.normal(size=(32, 4)).astype(np.float32),
+        ...         "y": rng.integers(0, 3, 32).astype(np.int32)}
+        >>> model = stoax.nn.Sequential(
+        ...     [stoax.nn.Linear(4, 3, key=jax.random.key(0)), stoax.nn.Dropout(0.1)]
+        ... )
+        >>> tx = optax.adam(1e-2)
+        >>> state, history = fit(TrainState.create(model, tx), tx, classification_loss, data,
+        ...                      seed=0, epochs=2, batch_size=8, eval_data={"train": data},
+        ...                      progress=False)
+        >>> int(state.step), [r["epoch"] for r in history], "train_accuracy" in history[0]
+        (8, [1, 2], True)
+    """
+    if epochs < 0:
+        raise ValueError(f"stoax.train.fit: epochs must be >= 0, got {epochs}.")
+    steps_per_epoch = num_batches(train_data, batch_size, drop_last=True)
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"stoax.train.fit: batch_size={batch_size} is larger than the training set "
+            f"({num_batches(train_data, 1)} examples); no full batch to train on."
+        )
+    train_step = make_train_step(loss_fn, tx, seed=seed)
+    eval_step = make_eval_step(loss_fn)
+    start = int(state.step)
+    first_epoch, skip = divmod(start, steps_per_epoch)
+    history: list[Record] = []
+    bar = _progress_bar(progress, total=epochs * steps_per_epoch, initial=start, desc=description)
+    try:
+        for epoch in range(first_epoch, epochs):
+            step_metrics = []
+            epoch_batches = batches(train_data, batch_size, seed=seed, epoch=epoch, drop_last=True)
+            for i, batch in enumerate(epoch_batches):
+                if epoch == first_epoch and i < skip:
+                    continue
+                state, metrics = train_step(state, batch)
+                step_metrics.append(metrics)
+                bar.update(1)
+            record: Record = {"epoch": epoch + 1, "step": int(state.step)}
+            step_metrics = jax.device_get(step_metrics)
+            record.update(
+                {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
+            )
+            for set_name, data in (eval_data or {}).items():
+                for name, value in evaluate(eval_step, state.model, data).items():
+                    record[f"{set_name}_{name}"] = value
+            history.append(record)
+            bar.set_postfix(_postfix(record), refresh=False)
+            if on_epoch_end is not None:
+                on_epoch_end(state, record)
+    finally:
+        bar.close()
+    return state, history
+
+
+def _postfix(record: Record) -> dict[str, str]:
+    shown = {k: v for k, v in record.items() if k == "loss" or k.endswith("_accuracy")}
+    return {k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in shown.items()}
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, *, total: int, initial: int, desc: str) -> Any:
+    if not enabled:
+        return _NoBar()
+    tqdm = require(
+        "tqdm.auto", "the progress bar of stoax.train.fit (progress=False turns it off)"
+    ).tqdm
+    return tqdm(total=total, initial=min(initial, total), desc=desc, unit="step", leave=False)

@@ -1,0 +1,122 @@
+"""The jitted train and evaluation steps, and a classification loss to plug into them.
+
+A *loss function* has the signature ``loss_fn(model, batch, *, key) -> (loss, metrics)``: a
+scalar loss to minimise and a dict of scalar metrics (e.g. accuracy). The train step calls it with
+the model in whatever mode it is in (training, normally) and ``key=stoax.step_key(seed, step)``;
+evaluation calls it on ``stoax.eval_mode(model)`` with ``key=None``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from stoax._mode import eval_mode
+from stoax._partition import combine
+from stoax.keys import step_key
+from stoax.train._state import TrainState
+
+__all__ = ["LossFn", "classification_loss", "make_eval_step", "make_train_step"]
+
+Metrics = dict[str, jax.Array]
+LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
+
+
+def classification_loss(
+    model: Callable, batch: Mapping[str, jax.Array], *, key: jax.Array | None
+) -> tuple[jax.Array, Metrics]:
+    """Softmax cross-entropy of ``model(batch["x"], key=key)`` (logits) against integer labels
+    ``batch["y"]``, and the accuracy.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> from stoax.train import classification_loss
+        >>> model = stoax.nn.Linear(4, 3, key=jax.random.key(0))
+        >>> batch = {"x": jnp.ones((2, 4)), "y": jnp.array([0, 2])}
+        >>> loss, metrics = classification_loss(model, batch, key=None)
+        >>> loss.shape, sorted(metrics)
+        ((), ['accuracy'])
+    """
+    logits = model(batch["x"], key=key)
+    labels = batch["y"]
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    accuracy = (jnp.argmax(logits, axis=-1) == labels).mean()
+    return loss, {"accuracy": accuracy}
+
+
+def make_train_step(
+    loss_fn: LossFn, tx: optax.GradientTransformation, *, seed: int
+) -> Callable[[TrainState, Any], tuple[TrainState, Metrics]]:
+    """A jitted ``train_step(state, batch) -> (state, metrics)``: one optimiser update.
+
+    The step's key is ``stoax.step_key(seed, state.step)``, a function of ``(seed, step)`` alone,
+    so a run restarted from a checkpoint at step ``n`` draws the same dropout masks from there on
+    as the uninterrupted run. Gradients are taken with respect to ``state.params`` only.
+    ``metrics`` holds ``"loss"`` and whatever ``loss_fn`` reports. The compiled program is shared
+    by every step function made with the same ``loss_fn`` and ``tx`` objects (the seed is an
+    argument of it, not a constant), so a second :func:`~stoax.train.fit` does not recompile.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, stoax
+        >>> from stoax.train import TrainState, classification_loss, make_train_step
+        >>> model = stoax.nn.Sequential(
+        ...     [stoax.nn.Linear(4, 3, key=jax.random.key(0)), stoax.nn.Dropout(0.1)]
+        ... )
+        >>> tx = optax.sgd(0.1)
+        >>> step = make_train_step(classification_loss, tx, seed=0)
+        >>> batch = {"x": jnp.ones((2, 4)), "y": jnp.array([0, 2])}
+        >>> state, metrics = step(TrainState.create(model, tx), batch)
+        >>> int(state.step), sorted(metrics)
+        (1, ['accuracy', 'loss'])
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"make_train_step: seed must be an int, got {type(seed).__name__}.")
+    seed_array = jnp.asarray(seed, jnp.int32)  # the same key(seed) as the Python int gives
+    return lambda state, batch: _train_step(state, batch, seed_array, loss_fn=loss_fn, tx=tx)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn", "tx"))
+def _train_step(
+    state: TrainState, batch: Any, seed: jax.Array, *, loss_fn: LossFn, tx: Any
+) -> tuple[TrainState, Metrics]:
+    key = step_key(jax.random.key(seed), state.step)  # == stoax.step_key(seed, step)
+
+    def objective(params: Any) -> tuple[jax.Array, Mapping[str, jax.Array]]:
+        return loss_fn(combine(params, state.rest), batch, key=key)
+
+    (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+    return new_state, {"loss": loss, **metrics}
+
+
+def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Any], Metrics]:
+    """A jitted ``eval_step(model, batch) -> metrics`` (``"loss"`` and ``loss_fn``'s metrics).
+
+    The model is switched to evaluation mode (:func:`stoax.eval_mode`) first, so dropout is
+    compiled away and no key is needed.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> from stoax.train import classification_loss, make_eval_step
+        >>> model = stoax.nn.Sequential(
+        ...     [stoax.nn.Linear(4, 3, key=jax.random.key(0)), stoax.nn.Dropout(0.5)]
+        ... )
+        >>> batch = {"x": jnp.ones((2, 4)), "y": jnp.array([0, 2])}
+        >>> sorted(make_eval_step(classification_loss)(model, batch))
+        ['accuracy', 'loss']
+    """
+    return lambda model, batch: _eval_step(eval_mode(model), batch, loss_fn=loss_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("loss_fn",))
+def _eval_step(model: Any, batch: Any, *, loss_fn: LossFn) -> Metrics:
+    loss, metrics = loss_fn(model, batch, key=None)
+    return {"loss": loss, **metrics}

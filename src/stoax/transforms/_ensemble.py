@@ -1,0 +1,129 @@
+"""``Ensemble``: ``k`` members of one architecture stored with a leading axis, run with
+``jax.vmap``, each member with its own key."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax import keys
+from stoax._module import Module, field
+from stoax.transforms._stacked import (
+    build_copies,
+    copy_repr,
+    infer_length,
+    leaf_paths,
+    split,
+    stack_copies,
+)
+
+__all__ = ["Ensemble"]
+
+InAxes = int | None | Sequence[Any] | dict[Any, Any]
+
+
+class Ensemble(Module):
+    """``k`` independently initialised members of one architecture, evaluated with ``jax.vmap``.
+
+    Member ``m`` is called with ``key=stoax.keys.child(key, m)``, so its dropout masks are its own
+    and the ensemble is bitwise the Python loop over ``ensemble[m]``. Outputs are stacked on a
+    new leading axis of size ``k``.
+
+    Args:
+        members: one module whose arrays all have the leading member axis.
+        in_axes: how the input is given: ``None`` (default) -- every member sees the same ``x``;
+            ``0`` -- ``x`` has a leading axis of size ``k`` and member ``m`` sees ``x[m]``
+            (bootstrapped data, per-member observations). Any ``jax.vmap`` ``in_axes`` spec for
+            ``x`` is accepted.
+
+    As with :class:`~stoax.nn.Stack`, arrays that appear after construction (the scalar flag
+    of ``stoax.set_mode(ensemble, jnp.asarray(True))``) are shared by all members.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> def make(key):
+        ...     return stoax.nn.Sequential([stoax.nn.Linear(3, 1, key=key), stoax.nn.Dropout(0.2)])
+        >>> ens = stoax.nn.Ensemble.build(make, 5, key=jax.random.key(0))
+        >>> ens(jnp.ones((7, 3)), key=jax.random.key(1)).shape  # same input for all members
+        (5, 7, 1)
+        >>> per_member = ens.replace(in_axes=0)
+        >>> per_member(jnp.ones((5, 7, 3)), key=jax.random.key(2)).shape
+        (5, 7, 1)
+    """
+
+    members: Module
+    size: int
+    in_axes: Any = None
+    stacked: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __init__(
+        self,
+        members: Module,
+        *,
+        size: int | None = None,
+        in_axes: InAxes = None,
+        stacked: frozenset[str] | None = None,
+    ):
+        self.members = members
+        self.stacked = leaf_paths(members) if stacked is None else frozenset(stacked)
+        self.size = (
+            int(size) if size is not None else infer_length(members, self.stacked, "Ensemble")
+        )
+        self.in_axes = _hashable(in_axes)
+        split(members, self.stacked, self.size, "Ensemble")
+
+    @classmethod
+    def build(
+        cls, make: Callable[[jax.Array], Module], k: int, *, key: jax.Array, in_axes: InAxes = None
+    ) -> Ensemble:
+        """``k`` members built by ``make(key)`` under ``jax.vmap``; member ``m`` is initialised
+        with ``stoax.keys.child(key, m)``."""
+        block, stacked = build_copies(make, k, key, "Ensemble.build")
+        return cls(block, size=k, in_axes=in_axes, stacked=stacked)
+
+    @classmethod
+    def from_members(cls, members: Sequence[Module], *, in_axes: InAxes = None) -> Ensemble:
+        """An ensemble of existing modules, which must share structure and static fields."""
+        block, stacked = stack_copies(members, "Ensemble.from_members")
+        return cls(block, size=len(members), in_axes=in_axes, stacked=stacked)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, m: int) -> Module:
+        """Member ``m`` as a plain module."""
+        if isinstance(m, bool) or not isinstance(m, int | np.integer):
+            raise TypeError(f"Ensemble members are indexed by int, got {type(m).__name__}.")
+        if not -self.size <= m < self.size:
+            raise IndexError(f"Ensemble of {self.size} members: no member {m}.")
+        return split(self.members, self.stacked, self.size, "Ensemble").index(int(m) % self.size)
+
+    def __iter__(self) -> Iterator[Module]:
+        return (self[m] for m in range(self.size))
+
+    def __repr__(self) -> str:
+        extra = "" if self.in_axes is None else f", in_axes={self.in_axes!r}"
+        return f"Ensemble({self.size} x {copy_repr(self.members, self.stacked)}{extra})"
+
+    def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
+        """Every member's output, stacked on a new leading axis. ``kwargs`` go to every member
+        unbatched."""
+        parts = split(self.members, self.stacked, self.size, "Ensemble")
+
+        def member(m: jax.Array, leaves: list[Any], x: Any) -> Any:
+            return parts.rebuild(leaves)(x, key=keys.child(key, m), **kwargs)
+
+        return jax.vmap(member, in_axes=(0, 0, self.in_axes))(
+            jnp.arange(self.size), parts.stacked, x
+        )
+
+
+def _hashable(in_axes: Any) -> Any:
+    """``in_axes`` is static metadata: lists become tuples so it can be hashed."""
+    if isinstance(in_axes, list):
+        return tuple(_hashable(a) for a in in_axes)
+    return in_axes

@@ -1,0 +1,192 @@
+"""``Stack``: ``n`` layers of one block stored with a leading layer axis and run with ``lax.scan``.
+
+Why a stack and not a Python list of layers: the scan body is traced and compiled once, so the
+compile time and the program size do not grow with depth; and with ``remat=True`` only the
+activations between layers are kept for the backward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax import keys
+from stoax._module import Module, field
+from stoax.transforms._stacked import (
+    build_copies,
+    copy_repr,
+    infer_length,
+    leaf_paths,
+    split,
+    stack_copies,
+)
+
+__all__ = ["Stack"]
+
+
+class Stack(Module):
+    """``n`` layers of one block, applied in order with ``lax.scan``.
+
+    Every array of the block carries a leading axis of size ``n`` (layer ``i`` is slice ``i``);
+    static fields (sizes, Python-float rates, activations) are shared by all layers. Layer ``i``
+    is called with ``key=stoax.keys.child(key, i)`` -- the key a Python loop over the layers
+    would give it -- so a stack is bitwise the loop ``for i, layer in enumerate(stack)``.
+
+    Build one with :meth:`build` (a vmapped constructor: layer ``i`` is initialised with
+    ``stoax.keys.child(key, i)``) or :meth:`from_layers` (existing blocks of one structure).
+    ``stack[i]`` is layer ``i`` as a plain block; ``len(stack)`` is ``n``.
+
+    Which arrays carry the layer axis is recorded when the stack is built. Arrays that appear
+    later -- the scalar flag of ``stoax.set_mode(stack, jnp.asarray(True))``, a rate replaced by
+    a scalar array -- are shared by every layer, not scanned over.
+
+    Args:
+        layers: one block whose arrays all have the leading layer axis.
+        remat: ``True`` to rematerialise each layer in the backward pass (``jax.checkpoint``
+            around the scan step: only the activations between layers are stored), or a
+            ``jax.checkpoint_policies`` policy. Dropout masks are the same with or without it.
+        unroll: passed to ``lax.scan``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> def make(key):
+        ...     return stoax.nn.Sequential(
+        ...         [stoax.nn.Linear(8, 8, key=key), jax.nn.relu, stoax.nn.Dropout(0.1)]
+        ...     )
+        >>> stack = stoax.nn.Stack.build(make, 12, key=jax.random.key(0))
+        >>> len(stack), stack[0].layers[0].weight.shape
+        (12, (8, 8))
+        >>> y = stack(jnp.ones((2, 8)), key=jax.random.key(1))
+        >>> y.shape
+        (2, 8)
+        >>> stoax.eval_mode(stack)(jnp.ones((2, 8))).shape  # evaluation: no key needed
+        (2, 8)
+    """
+
+    layers: Module
+    length: int
+    remat: bool | Callable[..., bool] = False
+    unroll: int | bool = 1
+    stacked: frozenset[str] = field(default=frozenset(), repr=False)
+
+    def __init__(
+        self,
+        layers: Module,
+        *,
+        length: int | None = None,
+        remat: bool | Callable[..., bool] = False,
+        unroll: int | bool = 1,
+        stacked: frozenset[str] | None = None,
+    ):
+        self.layers = layers
+        self.stacked = leaf_paths(layers) if stacked is None else frozenset(stacked)
+        self.length = (
+            int(length) if length is not None else infer_length(layers, self.stacked, "Stack")
+        )
+        self.remat = remat
+        self.unroll = unroll
+        split(layers, self.stacked, self.length, "Stack")  # check every leading axis now
+
+    @classmethod
+    def build(
+        cls,
+        make: Callable[[jax.Array], Module],
+        n: int,
+        *,
+        key: jax.Array,
+        remat: bool | Callable[..., bool] = False,
+        unroll: int | bool = 1,
+    ) -> Stack:
+        """``n`` layers built by ``make(key)`` under ``jax.vmap``; layer ``i`` gets the init key
+        ``stoax.keys.child(key, i)``. ``make`` runs once (traced), so it must not branch on its
+        key; static choices are shared by all layers."""
+        block, stacked = build_copies(make, n, key, "Stack.build")
+        return cls(block, length=n, remat=remat, unroll=unroll, stacked=stacked)
+
+    @classmethod
+    def from_layers(
+        cls,
+        layers: Sequence[Module],
+        *,
+        remat: bool | Callable[..., bool] = False,
+        unroll: int | bool = 1,
+    ) -> Stack:
+        """A stack of existing blocks, which must share their structure and static fields."""
+        block, stacked = stack_copies(layers, "Stack.from_layers")
+        return cls(block, length=len(layers), remat=remat, unroll=unroll, stacked=stacked)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int | slice) -> Module:
+        """Layer ``i`` as a plain block; a slice gives a shorter ``Stack``."""
+        parts = split(self.layers, self.stacked, self.length, "Stack")
+        if isinstance(i, slice):
+            picked = range(self.length)[i]
+            if not picked:
+                raise IndexError(f"Stack of {self.length} layers: the slice {i} selects none.")
+            block = parts.rebuild([x[i] for x in parts.stacked])
+            return Stack(
+                block,
+                length=len(picked),
+                remat=self.remat,
+                unroll=self.unroll,
+                stacked=self.stacked,
+            )
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"Stack indices are ints or slices, got {type(i).__name__}.")
+        if not -self.length <= i < self.length:
+            raise IndexError(f"Stack of {self.length} layers: no layer {i}.")
+        return parts.index(int(i) % self.length)
+
+    def __iter__(self) -> Iterator[Module]:
+        return (self[i] for i in range(self.length))
+
+    def __repr__(self) -> str:
+        extra = "".join(
+            f", {name}={value!r}"
+            for name, value, default in (("remat", self.remat, False), ("unroll", self.unroll, 1))
+            if value is not default
+        )
+        return f"Stack({self.length} x {copy_repr(self.layers, self.stacked)}{extra})"
+
+    def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
+        """Apply the layers in order. ``kwargs`` (an attention mask, ...) go to every layer."""
+        parts = split(self.layers, self.stacked, self.length, "Stack")
+
+        def step(carry: Any, xs: tuple[jax.Array, list[Any]]) -> tuple[Any, None]:
+            i, leaves = xs
+            layer = parts.rebuild(leaves)
+            return layer(carry, key=keys.child(key, i), **kwargs), None
+
+        self._check_carry(parts, x, key, kwargs)
+        if self.remat is not False:
+            policy = None if self.remat is True else self.remat
+            # prevent_cse=False: inside scan there is nothing for XLA to CSE across steps.
+            step = jax.checkpoint(step, prevent_cse=False, policy=policy)
+        index = jnp.arange(self.length)
+        y, _ = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
+        return y
+
+    def _check_carry(self, parts: Any, x: Any, key: Any, kwargs: dict[str, Any]) -> None:
+        """A layer must map x to the same shapes and dtypes: say so before lax.scan does.
+        (Abstract evaluation only: nothing is computed.)"""
+
+        def first_layer(leaves: list[Any], x: Any, key: Any) -> Any:
+            layer = parts.rebuild([leaf[0] for leaf in leaves])
+            return layer(x, key=keys.child(key, 0), **kwargs)
+
+        out = jax.eval_shape(first_layer, parts.stacked, x, key)
+        spec = jax.tree.map(lambda a: (jnp.shape(a), jnp.result_type(a)), x)
+        out_spec = jax.tree.map(lambda a: (a.shape, a.dtype), out)
+        if spec != out_spec:
+            raise ValueError(
+                f"Stack: each layer must return what it takes (the output of layer i is the "
+                f"input of layer i+1), but {type(self.layers).__name__} maps {spec} to "
+                f"{out_spec}. Put shape-changing layers before or after the Stack (e.g. in a "
+                "Sequential)."
+            )

@@ -1,0 +1,133 @@
+"""Bookkeeping shared by :class:`~stoax.nn.Stack` and :class:`~stoax.nn.Ensemble`: one module
+whose arrays carry a leading axis of copies.
+
+Which leaves carry that axis is recorded *by path* when the container is built. A leaf that
+appears later -- the scalar ``training`` flag written by ``stoax.set_mode(model, jnp.asarray(b))``,
+a rate replaced by an array -- is not on the record and is shared by every copy: it is closed
+over by ``lax.scan`` / given ``in_axes=None`` by ``jax.vmap``, never sliced as if it had the axis.
+Recording paths rather than guessing from shapes is what makes a length-``n`` vector that all
+copies share and a per-copy scalar unambiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax import keys
+from stoax._module import Module, is_module
+
+__all__ = ["leaf_paths", "Split", "split", "build_copies", "stack_copies", "copy_repr"]
+
+
+def leaf_paths(block: Any) -> frozenset[str]:
+    """The paths (``jax.tree_util.keystr``) of every array leaf of ``block``."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(block)
+    return frozenset(jax.tree_util.keystr(path) for path, _ in flat)
+
+
+class Split:
+    """A block taken apart into the leaves with the copy axis and the shared leaves."""
+
+    def __init__(self, block: Any, stacked: frozenset[str], length: int, where: str):
+        flat, self.treedef = jax.tree_util.tree_flatten_with_path(block)
+        self.is_stacked = [jax.tree_util.keystr(p) in stacked for p, _ in flat]
+        self.stacked = [x for (_, x), s in zip(flat, self.is_stacked, strict=True) if s]
+        self.shared = [x for (_, x), s in zip(flat, self.is_stacked, strict=True) if not s]
+        for (path, x), s in zip(flat, self.is_stacked, strict=True):
+            if s and (np.ndim(x) == 0 or np.shape(x)[0] != length):
+                raise ValueError(
+                    f"{where}: the array at {jax.tree_util.keystr(path)} has shape "
+                    f"{tuple(np.shape(x))}, but it holds one value per copy and there are "
+                    f"{length} copies, so its leading axis must have size {length}. If you "
+                    f"replaced it with a value all copies share, give it that axis: "
+                    f"jnp.broadcast_to(value, ({length}, *value.shape))."
+                )
+
+    def rebuild(self, stacked: Sequence[Any]) -> Any:
+        """The block with ``stacked`` in place of the stacked leaves (the shared ones kept)."""
+        it_s, it_r = iter(stacked), iter(self.shared)
+        leaves = [next(it_s) if s else next(it_r) for s in self.is_stacked]
+        return jax.tree.unflatten(self.treedef, leaves)
+
+    def index(self, i: int | jax.Array) -> Any:
+        """Copy ``i`` as a plain block."""
+        return self.rebuild([x[i] for x in self.stacked])
+
+
+def split(block: Any, stacked: frozenset[str], length: int, where: str) -> Split:
+    return Split(block, stacked, length, where)
+
+
+def build_copies(
+    make: Callable[[jax.Array], Any], n: int, key: jax.Array, where: str
+) -> tuple[Any, frozenset[str]]:
+    """``n`` copies made by ``make`` under ``jax.vmap``; copy ``i`` gets ``keys.child(key, i)``,
+    so copy ``i`` is bitwise the block ``make(keys.child(key, i))`` a Python loop would build."""
+    if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"{where}: the number of copies must be a positive int, got {n!r}.")
+    key = keys.as_key(key, where)
+
+    def make_one(i: jax.Array) -> Any:
+        block = make(keys.child(key, i))
+        if not is_module(block):
+            raise TypeError(
+                f"{where}: make(key) must return a stoax.Module, got {type(block).__name__}."
+            )
+        return block
+
+    # Under jit: one compiled program instead of one dispatch per batched op (many times
+    # faster); the parameters are bitwise those of the eager loop (pinned by the tests).
+    block = jax.jit(jax.vmap(make_one))(jnp.arange(int(n)))
+    return block, leaf_paths(block)
+
+
+def stack_copies(blocks: Sequence[Any], where: str) -> tuple[Any, frozenset[str]]:
+    """Stack existing blocks of one structure (same static fields, same shapes) into one."""
+    blocks = list(blocks)
+    if not blocks:
+        raise ValueError(f"{where}: needs at least one block.")
+    first = jax.tree.structure(blocks[0])
+    for i, b in enumerate(blocks[1:], start=1):
+        if jax.tree.structure(b) != first:
+            raise ValueError(
+                f"{where}: block {i} differs from block 0 in structure or static fields "
+                f"(sizes, rates given as Python floats, activation): every copy must share "
+                f"them.\n  block 0: {first}\n  block {i}: {jax.tree.structure(b)}"
+            )
+    block = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    return block, leaf_paths(block)
+
+
+def infer_length(block: Any, stacked: frozenset[str], where: str) -> int:
+    flat, _ = jax.tree_util.tree_flatten_with_path(block)
+    sizes = {
+        jax.tree_util.keystr(p): np.shape(x)[0]
+        for p, x in flat
+        if jax.tree_util.keystr(p) in stacked and np.ndim(x) > 0
+    }
+    if not sizes or len(set(sizes.values())) != 1:
+        raise ValueError(
+            f"{where}: cannot tell the number of copies from the block's leading axes "
+            f"{sizes or '(it has no arrays)'}; pass length=..."
+        )
+    return int(next(iter(sizes.values())))
+
+
+def copy_repr(block: Any, stacked: frozenset[str]) -> str:
+    """The repr of one copy: stacked arrays shown with their per-copy shape."""
+    from stoax._pretty import pformat
+
+    flat, treedef = jax.tree_util.tree_flatten_with_path(block)
+    leaves = [
+        jax.ShapeDtypeStruct(np.shape(x)[1:], x.dtype)
+        if jax.tree_util.keystr(p) in stacked and np.ndim(x) > 0
+        else x
+        for p, x in flat
+    ]
+    one = jax.tree.unflatten(treedef, leaves)
+    return pformat(one) if isinstance(one, Module) else repr(one)

@@ -1,0 +1,162 @@
+"""Checkpoints: exact round trips, clear refusals of mismatched or corrupt files, atomic writes."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from safetensors.numpy import save_file
+
+import stoax
+from stoax import train as st
+
+
+def _state(hidden=(8,), dtype=jnp.float32, tx=None):
+    tx = tx or optax.adam(1e-3)
+    model = stoax.nn.MLP(4, 3, hidden=hidden, dropout=0.2, key=jax.random.key(0))
+    if dtype != jnp.float32:
+        model = jax.tree.map(lambda x: x.astype(dtype), model)
+    return st.TrainState.create(model, tx)
+
+
+def _bitwise_equal(a, b):
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    if ta != tb:
+        return False
+    for x, y in zip(la, lb, strict=True):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            if jax.random.key_impl(x) != jax.random.key_impl(y):
+                return False
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        if x.dtype != y.dtype or np.asarray(x).tobytes() != np.asarray(y).tobytes():
+            return False
+    return True
+
+
+def _perturbed(state):
+    # Non-trivial values everywhere (a fresh Adam state is all zeros).
+    leaves, treedef = jax.tree.flatten(state)
+    rng = np.random.default_rng(1)
+    new = [
+        jnp.asarray(rng.normal(size=x.shape), x.dtype)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+        else x + 7
+        for x in leaves
+    ]
+    return jax.tree.unflatten(treedef, new)
+
+
+def test_round_trip_is_bitwise_with_metadata(tmp_path):
+    state = _perturbed(_state())
+    path = st.save_checkpoint(tmp_path / "c.safetensors", state, metadata={"history": [0.5]})
+    restored, meta = st.load_checkpoint(path, _state())
+    assert _bitwise_equal(restored, state)
+    assert meta == {"history": [0.5]}
+    info = st.read_checkpoint_metadata(path)
+    assert info["step"] == 7 and info["stoax_version"] == stoax.__version__
+    assert os.listdir(tmp_path) == ["c.safetensors"]  # no temporary file left behind
+
+
+def test_tensor_names_are_pytree_paths(tmp_path):
+    from safetensors import safe_open
+
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state())
+    with safe_open(path, framework="np") as f:
+        names = set(f.keys())
+    assert {"step", "params/layers/0/weight", "opt_state/0/mu/layers/1/bias"} <= names
+
+
+def test_bf16_round_trip(tmp_path):
+    state = _perturbed(_state(dtype=jnp.bfloat16))
+    st.save_checkpoint(tmp_path / "c.safetensors", state)
+    restored, _ = st.load_checkpoint(tmp_path / "c.safetensors", _state(dtype=jnp.bfloat16))
+    assert restored.params.layers[0].weight.dtype == jnp.bfloat16
+    assert _bitwise_equal(restored, state)
+
+
+@pytest.mark.parametrize("impl", ["threefry2x32", "rbg"])
+def test_typed_keys_round_trip_with_their_implementation(tmp_path, impl):
+    tree = {"key": jax.random.key(5, impl=impl), "keys": jax.random.split(jax.random.key(6), 3)}
+    st.save_checkpoint(tmp_path / "k.safetensors", tree)
+    template = jax.eval_shape(lambda: tree)  # an abstract template is enough
+    restored, _ = st.load_checkpoint(tmp_path / "k.safetensors", template)
+    assert _bitwise_equal(restored, tree)
+
+
+def test_abstract_template(tmp_path):
+    state = _perturbed(_state())
+    st.save_checkpoint(tmp_path / "c.safetensors", state)
+    restored, _ = st.load_checkpoint(tmp_path / "c.safetensors", jax.eval_shape(_state))
+    assert _bitwise_equal(restored, state)
+
+
+def test_other_model_shape_is_refused_by_name(tmp_path):
+    st.save_checkpoint(tmp_path / "c.safetensors", _state(hidden=(8,)))
+    with pytest.raises(
+        st.CheckpointError,
+        match=r"different model(.|\n)*"
+        r"params/layers/0/weight: file has float32\[4, 8\], template has float32\[4, 16\]",
+    ):
+        st.load_checkpoint(tmp_path / "c.safetensors", _state(hidden=(16,)))
+
+
+def test_other_structure_or_optimiser_is_refused(tmp_path):
+    st.save_checkpoint(tmp_path / "c.safetensors", _state(hidden=(8,)))
+    with pytest.raises(st.CheckpointError, match="in the template, missing from the file"):
+        st.load_checkpoint(tmp_path / "c.safetensors", _state(hidden=(8, 8)))
+    with pytest.raises(st.CheckpointError, match="in the file, not in the template"):
+        st.load_checkpoint(tmp_path / "c.safetensors", _state(tx=optax.sgd(0.1)))
+    with pytest.raises(st.CheckpointError, match="file has float32"):
+        st.load_checkpoint(tmp_path / "c.safetensors", _state(dtype=jnp.bfloat16))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "flip", "empty"])
+def test_corrupt_file_is_refused(tmp_path, damage):
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _perturbed(_state()))
+    data = path.read_bytes()
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "garbage":
+        data = b"not a checkpoint at all"
+    elif damage == "flip":  # one bit of tensor data: only the checksum sees it
+        data = data[:-5] + bytes([data[-5] ^ 1]) + data[-4:]
+    else:
+        data = b""
+    path.write_bytes(data)
+    with pytest.raises(st.CheckpointError, match="corrupt or truncated"):
+        st.load_checkpoint(path, _state())
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    save_file({"w": np.zeros(3, np.float32)}, tmp_path / "hf.safetensors")
+    with pytest.raises(st.CheckpointError, match="not a stoax checkpoint"):
+        st.load_checkpoint(tmp_path / "hf.safetensors", _state())
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        st.load_checkpoint(tmp_path / "nope.safetensors", _state())
+
+
+def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state(), metadata={"v": 1})
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        st.save_checkpoint(path, _perturbed(_state()), metadata={"v": 2})
+    monkeypatch.undo()
+    assert st.read_checkpoint_metadata(path)["v"] == 1
+    assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def test_metadata_must_be_json(tmp_path):
+    with pytest.raises(TypeError, match="JSON"):
+        st.save_checkpoint(tmp_path / "c.safetensors", _state(), metadata={"f": object()})
+    assert json.dumps({}) == "{}"
