@@ -43,6 +43,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 __all__ = [
     "dropout",
@@ -91,17 +92,22 @@ _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 
 
 def _threefry2x32(k1, k2, x1, x2):
-    """The Threefry-2x32 block cipher (20 rounds), written as straight-line array code."""
-    ks = (k1, k2, k1 ^ k2 ^ np.uint32(0x1BD11BDA))
-    x1 = x1 + ks[0]
-    x2 = x2 + ks[1]
+    """The Threefry-2x32 block cipher (20 rounds), written as straight-line array code.
+
+    ``lax`` ops rather than ``jnp`` operators: ``jnp``'s ``+``/``^`` are small jitted functions,
+    and the ~100 of them per hash dominated the time to trace a deep model.
+    """
+    add, xor, shl, shr = lax.add, lax.bitwise_xor, lax.shift_left, lax.shift_right_logical
+    ks = (k1, k2, xor(xor(k1, k2), np.uint32(0x1BD11BDA)))
+    x1 = add(x1, ks[0])
+    x2 = add(x2, ks[1])
     for i in range(5):
         for r in _ROTATIONS[i % 2]:
-            x1 = x1 + x2
-            x2 = (x2 << np.uint32(r)) | (x2 >> np.uint32(32 - r))
-            x2 = x1 ^ x2
-        x1 = x1 + ks[(i + 1) % 3]
-        x2 = x2 + ks[(i + 2) % 3] + np.uint32(i + 1)
+            x1 = add(x1, x2)
+            x2 = lax.bitwise_or(shl(x2, np.uint32(r)), shr(x2, np.uint32(32 - r)))
+            x2 = xor(x1, x2)
+        x1 = add(x1, ks[(i + 1) % 3])
+        x2 = add(add(x2, ks[(i + 2) % 3]), np.uint32(i + 1))
     return x1, x2
 
 
@@ -112,10 +118,10 @@ def _counters(shape: tuple[int, ...]) -> jax.Array:
     index = None
     stride = 1
     for dim in reversed(range(len(shape))):
-        term = jax.lax.broadcasted_iota(jnp.uint32, shape, dim)
+        term = lax.broadcasted_iota(jnp.uint32, shape, dim)
         if stride != 1:
-            term = term * np.uint32(stride)
-        index = term if index is None else index + term
+            term = lax.mul(term, np.uint32(stride))
+        index = term if index is None else lax.add(index, term)
         stride *= shape[dim]
     return index
 
@@ -128,6 +134,9 @@ def _fused_threefry_ok(impl: str, shape: tuple[int, ...]) -> bool:
     )
 
 
+# jit(inline=True): the hash is traced once per shape and its cached jaxpr inlined after that,
+# which makes tracing a deep model (one hash per dropout, forward and backward) much faster.
+@partial(jax.jit, static_argnums=(1,), inline=True)
 def _bits_from_words(
     words: jax.Array, shape: tuple[int, ...], tie: jax.Array | None = None
 ) -> jax.Array:
@@ -137,10 +146,10 @@ def _bits_from_words(
     """
     lo = _counters(shape)
     if tie is not None:
-        lo = lo ^ _zeros_tied_to(tie, shape)
+        lo = lax.bitwise_xor(lo, _zeros_tied_to(tie, shape))
     # JAX's partitionable threefry hashes the 64-bit index (hi, lo); hi = 0 below 2**32 elements.
-    a, b = _threefry2x32(words[0], words[1], jnp.zeros_like(lo), lo)
-    return a ^ b
+    a, b = _threefry2x32(words[0], words[1], lax.full_like(lo, 0), lo)
+    return lax.bitwise_xor(a, b)
 
 
 @jax.custom_jvp
