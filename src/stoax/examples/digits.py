@@ -43,7 +43,8 @@ __all__ = [
     "format_table",
 ]
 
-N_PIXELS, N_CLASSES = 64, 10
+IMAGE_SIDE, N_CLASSES = 8, 10
+N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
 
 def load_data(seed: int, test_fraction: float = 0.2) -> tuple[dict[str, np.ndarray], ...]:
@@ -65,25 +66,48 @@ def make_mlp(rate: float | jax.Array, *, key: jax.Array) -> stoax.Module:
     return stoax.nn.MLP(N_PIXELS, N_CLASSES, hidden=(256, 256), dropout=rate, key=key)
 
 
-class PixelTransformer(stoax.Module):
-    """A Transformer encoder reading the 64 pixels as a sequence of 64 tokens: each pixel's
-    intensity (0..16, as scikit-learn stores it) is a token id; mean-pooled into 10 logits."""
+class RowTransformer(stoax.Module):
+    """A Transformer reading each 8x8 image as a sequence of its 8 rows: a row of 8 pixels is
+    one token, embedded by a Linear, plus a learned position embedding; pre-norm
+    Transformer blocks in a :class:`~stoax.nn.Stack`; mean-pooled into 10 logits.
 
-    encoder: stoax.nn.TransformerEncoder
+    Rows rather than single pixels as tokens: a sequence of 8 instead of 64 makes attention 64x
+    cheaper, and a token then carries a stroke rather than one intensity."""
+
+    embed: stoax.nn.Linear
+    pos_embed: jax.Array
+    embed_dropout: stoax.nn.Dropout
+    blocks: stoax.nn.Stack
+    norm: stoax.nn.LayerNorm
+    head: stoax.nn.Linear
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        tokens = jnp.round(x * 16).astype(jnp.int32)
-        return self.encoder(tokens, key=key)
+        k_drop, k_blocks = stoax.keys.derive(key, "embed_dropout", "blocks")
+        rows = x.reshape(*x.shape[:-1], IMAGE_SIDE, IMAGE_SIDE)
+        h = self.embed_dropout(self.embed(rows) + self.pos_embed, key=k_drop)
+        h = self.norm(self.blocks(h, key=k_blocks))
+        return self.head(h.mean(axis=-2))
 
 
 def make_transformer(rate: float | jax.Array, *, key: jax.Array) -> stoax.Module:
-    """A 2-layer, 32-wide, 4-head Transformer over the 64 pixels; dropout ``rate`` on the
-    embeddings, residual branches, MLP hidden layers and attention probabilities."""
-    encoder = stoax.nn.TransformerEncoder(
-        vocab_size=17, out_features=N_CLASSES, features=32, num_heads=4, num_layers=2,
-        max_len=N_PIXELS, dropout=rate, attention_dropout=rate, pool="mean", key=key,
-    )  # fmt: skip
-    return PixelTransformer(encoder)
+    """A 2-layer, 64-wide, 4-head :class:`RowTransformer`; dropout ``rate`` on the embeddings,
+    residual branches, MLP hidden layers and attention probabilities."""
+    k_embed, k_pos, k_blocks, k_head = stoax.keys.derive(key, "embed", "pos", "blocks", "head")
+    width = 64
+
+    def block(k: jax.Array) -> stoax.nn.TransformerBlock:
+        return stoax.nn.TransformerBlock(
+            width, num_heads=4, dropout=rate, attention_dropout=rate, key=k
+        )
+
+    return RowTransformer(
+        embed=stoax.nn.Linear(IMAGE_SIDE, width, key=k_embed),
+        pos_embed=0.02 * jax.random.normal(k_pos, (IMAGE_SIDE, width)),
+        embed_dropout=stoax.nn.Dropout(rate),
+        blocks=stoax.nn.Stack.build(block, 2, key=k_blocks),
+        norm=stoax.nn.LayerNorm(width),
+        head=stoax.nn.Linear(width, N_CLASSES, key=k_head),
+    )
 
 
 # name -> model builder; the command line offers these as ``--model``.
