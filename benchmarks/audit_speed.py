@@ -74,10 +74,7 @@ def unrolled_program(layers: int):
         [
             stoax.nn.Embedding(VOCAB, FEATURES, key=jax.random.key(1)),
             stoax.nn.Dropout(0.1),
-            *(
-                stoax.nn.TransformerBlock(FEATURES, HEADS, causal=True, key=k)
-                for k in block_keys
-            ),
+            *(stoax.nn.TransformerBlock(FEATURES, HEADS, causal=True, key=k) for k in block_keys),
             stoax.nn.LayerNorm(FEATURES),
             stoax.nn.Linear(FEATURES, VOCAB, key=jax.random.key(2)),
         ]
