@@ -9,19 +9,23 @@
     vocabulary 512, next-token loss, adamw; dropout 0.1 on embeddings, attention probabilities,
     residual branches and the MLP hidden layer): step time with dropout on/off and XLA's
     compiled temporary memory (``compiled.memory_analysis().temp_size_in_bytes``) on/off.
-    stoax uses its library ``stoax.nn.TransformerEncoder`` ("stoax"); "stoax prims" is the
+    stoax uses its library ``stoax.nn.TransformerEncoder`` ("stoax": the layers in one
+    ``lax.scan``; "stoax unrolled": the same model with ``unroll=True``, one copy of the layer
+    per layer in the program, as the anchors have it); "stoax prims" is the
     anchors' hand-written architecture (unrolled layers, no scan) on stoax's primitives
     (``dropout``; ``dropout_then`` for attention probabilities and the MLP hidden layer); the
     anchors are that architecture with each library's own Linear/LayerNorm/Embed/Dropout.
 (3) Compile time of that step (lower + compile, dropout on).
 
-Times are medians over ``--reps`` timed calls after a warm-up call; every library is measured at
-the same PRNG implementation (``--impl``, set as ``jax_default_prng_impl`` before any key is made).
+Times are medians over ``--reps`` timed calls after a warm-up call (for (2), interleaved rounds:
+each round times one step of every program); every library is measured at the same PRNG
+implementation (``--impl``, set as ``jax_default_prng_impl`` before any key is made).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -143,7 +147,7 @@ def attention(q, k, v, drop_probs):
 # ---- stoax: the library model ----
 
 
-def stoax_step_fn(rate):
+def stoax_step_fn(rate, unroll=1):
     model = stoax.nn.TransformerEncoder(
         vocab_size=V,
         out_features=V,
@@ -153,6 +157,7 @@ def stoax_step_fn(rate):
         max_len=T,
         dropout=rate,
         attention_dropout=rate,
+        unroll=unroll,
         key=jax.random.key(0),
     )
     params, rest = stoax.partition(model)
@@ -429,8 +434,10 @@ def eqx_step_fn(rate):
     return step, (params, opt.init(params))
 
 
+STOAX_ROWS = ("stoax", "stoax unrolled", "stoax prims")
 STEPS = {
     "stoax": stoax_step_fn,
+    "stoax unrolled": functools.partial(stoax_step_fn, unroll=True),
     "stoax prims": stoax_prims_step_fn,
     "flax nnx": nnx_step_fn,
     "flax linen": linen_step_fn,
@@ -440,9 +447,8 @@ STEPS = {
 
 def transformer_table():
     tokens = jax.random.randint(jax.random.key(2), (B, T), 0, V)
-    results = {}
+    programs = {}  # (name, rate) -> [compiled, state box, keys]; compile time; temp memory
     for name, make in STEPS.items():
-        row = {}
         for rate in (RATE, 0.0):
             step, state = make(rate)
             # donate the state, as a training loop does
@@ -458,27 +464,38 @@ def transformer_table():
                 box[0], value = compiled(box[0], tokens, next(keys))
                 return value
 
-            ms = bench(run)
-            row[rate] = (ms, temp, compile_s)
-        results[name] = row
-        print(f"  measured {name}", file=sys.stderr)
+            jax.block_until_ready(run())  # warm-up
+            programs[name, rate] = (run, compile_s, temp)
+        print(f"  compiled {name}", file=sys.stderr)
+
+    # Interleaved rounds: each round times one step of every program, so a change in the
+    # machine's load hits all of them alike; the figure is the median over rounds.
+    times = {k: [] for k in programs}
+    for _ in range(REPS):
+        for k, (run, _, _) in programs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(run())
+            times[k].append(time.perf_counter() - t0)
+    results = {name: {} for name in STEPS}  # name -> rate -> (ms, temp bytes, compile s)
+    for (name, rate), (_, compile_s, temp) in programs.items():
+        results[name][rate] = (1e3 * statistics.median(times[name, rate]), temp, compile_s)
 
     fastest_anchor = min(results[n][RATE][0] for n in ("flax nnx", "equinox"))
     print(
         f"\n(2)+(3) Transformer step: {L} layers, d_model {D}, {H} heads, seq {T}, batch {B}, "
-        f"adamw, dropout {RATE}; impl {ARGS.impl}; median of {REPS}"
+        f"adamw, dropout {RATE}; impl {ARGS.impl}; median of {REPS} interleaved rounds"
     )
     print(
-        f"{'library':12s} {'ms on':>8s} {'ms off':>8s} {'on/off':>7s} {'temp MiB on':>12s} "
+        f"{'library':18s} {'ms on':>8s} {'ms off':>8s} {'on/off':>7s} {'temp MiB on':>12s} "
         f"{'temp MiB off':>13s} {'on/off':>7s} {'compile s':>10s}"
     )
     for name, row in results.items():
         (on_ms, on_t, on_c), (off_ms, off_t, _) = row[RATE], row[0.0]
         print(
-            f"{name:12s} {on_ms:8.1f} {off_ms:8.1f} {on_ms / off_ms:7.2f} {on_t / 2**20:12.1f} "
+            f"{name:18s} {on_ms:8.1f} {off_ms:8.1f} {on_ms / off_ms:7.2f} {on_t / 2**20:12.1f} "
             f"{off_t / 2**20:13.1f} {on_t / off_t:7.3f} {on_c:10.1f}"
         )
-    for name in ("stoax", "stoax prims"):
+    for name in STOAX_ROWS:
         print(
             f"{name} dropout-on step time / fastest of (flax nnx, equinox): "
             f"{results[name][RATE][0] / fastest_anchor:.2f}"

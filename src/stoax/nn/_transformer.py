@@ -124,6 +124,13 @@ class TransformerEncoder(Module):
     broadcastable to ``(..., num_heads, length, length)``, True = may attend) goes to every
     attention layer, e.g. a padding mask ``pad[..., None, None, :]``.
 
+    ``remat`` and ``unroll`` go to the :class:`~stoax.nn.Stack` of blocks. The default runs the
+    blocks in one ``lax.scan`` (compile time flat in depth); ``unroll=True`` puts one copy of
+    the block per layer in the program, which compiles in time that grows with depth but, for a
+    few layers, runs a training step faster on CPU and with less temporary memory (the scan
+    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Every layer gets the
+    same key, hence the same mask, either way.
+
     Example:
         >>> import jax, jax.numpy as jnp, stoax
         >>> lm = stoax.nn.TransformerEncoder(
@@ -163,6 +170,7 @@ class TransformerEncoder(Module):
         causal: bool = False,
         pool: str = "none",
         remat: bool = False,
+        unroll: int | bool = 1,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
@@ -188,7 +196,7 @@ class TransformerEncoder(Module):
                 dtype=dtype,
             )
 
-        self.blocks = Stack.build(make, num_layers, key=k_blocks, remat=remat)
+        self.blocks = Stack.build(make, num_layers, key=k_blocks, remat=remat, unroll=unroll)
         self.norm = LayerNorm(features, dtype=dtype)
         self.head = Linear(features, out_features, key=k_head, dtype=dtype)
         self.pool = pool

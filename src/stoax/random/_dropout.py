@@ -20,10 +20,13 @@ partitionable threefry every element still costs one full Threefry-2x32 evaluati
 
 **Memory (``regenerate_mask``).** By default the primitive is a ``jax.custom_vjp`` whose only
 residuals are the key's raw words (and a traced rate): the backward pass regenerates the mask
-from the key behind an ``optimization_barrier``, so XLA can neither store the mask nor merge the
-two generations back into one stored buffer. Switch it off for a call
-(``regenerate_mask=False``) or globally (:func:`set_regenerate_mask`) to get plain autodiff (the
-mask is then a residual, unless XLA fuses it away).
+from the key, tied to the incoming cotangent, so XLA can neither store the mask nor merge the
+two generations back into one stored buffer. For PRNGs whose draw is an unfusible
+``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would run every draw twice -- on CPU that
+made a Transformer step 1.5x slower -- so there the residual is the mask itself, packed to one
+bit per element (1/32 of a float32 mask). Switch it off for a call (``regenerate_mask=False``)
+or globally (:func:`set_regenerate_mask`) to get plain autodiff (the mask is then a residual,
+unless XLA fuses it away).
 
 The dropout *output* is a residual of whatever consumes it next when that op needs its input
 for its own gradient (a matmul: ``dW = dropped_x^T @ g``). :func:`dropout_then` makes dropout and
@@ -62,9 +65,11 @@ def set_regenerate_mask(enabled: bool) -> bool:
     """Set the default of ``regenerate_mask`` for :func:`dropout` / :func:`dropout_then`.
 
     ``True`` (the default): the mask is regenerated from the key in the backward pass
-    (``jax.custom_vjp``), never stored. ``False``: plain autodiff of the same forward
-    computation. Returns the previous setting. Read at trace time, so it affects functions traced
-    (jitted) after the call.
+    (``jax.custom_vjp``), never stored (for rbg/unsafe_rbg keys: stored packed to 1 bit per
+    element). ``False``: plain autodiff of the same forward computation. Returns the previous
+    setting. Read at trace time and not part of ``jax.jit``'s cache key: a jitted function
+    already traced keeps the setting it was traced with; wrap it in a new ``jax.jit`` (or pass
+    ``regenerate_mask=`` per call) to switch.
 
     Example:
         >>> import stoax
@@ -328,30 +333,55 @@ def _dropout_regen(static, x, key, rate):
     return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
 
 
+def _pack(mask: jax.Array) -> jax.Array:
+    """A boolean mask packed 8 elements to a byte along its last axis (1/32 of a float32)."""
+    return jnp.packbits(jnp.atleast_1d(mask), axis=-1, bitorder="little")
+
+
+def _unpack(packed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    count = shape[-1] if shape else 1
+    bits = jnp.unpackbits(packed, axis=-1, count=count, bitorder="little")
+    return bits.reshape(shape).astype(jnp.bool_)
+
+
+def _forward_mask(static, x, key, r):
+    """The forward mask and what the backward pass needs to rebuild it.
+
+    threefry2x32 (fused hash): the key's words -- regenerating costs one fused pass. Key-only
+    draws (rbg, unsafe_rbg: ``RngBitGenerator``, which cannot fuse): regenerating would run
+    every draw twice, so the mask is kept instead, packed to 1 bit per element.
+    """
+    words = _consumed_words(key)
+    if _fused_threefry_ok(static[1], static[2]):
+        return _mask_from_bits(_bits_from_words(words, static[2]), r), words
+    # The draw depends on the key alone, so XLA may schedule every layer's draw at the start of
+    # the program and keep all the bits alive: tying it to ``x`` makes it run when x is ready.
+    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=x), r)
+    return mask, _pack(mask)
+
+
+def _backward_mask(static, kept, r, tie):
+    """The forward mask again, from :func:`_forward_mask`'s ``kept``; see _zeros_tied_to."""
+    if _fused_threefry_ok(static[1], static[2]):
+        return _mask_from_bits(_regen_bits(kept, static[1], static[2], tie=tie), r)
+    return _unpack(kept, static[2])
+
+
 def _dropout_regen_fwd(static, x, key, rate):
     r = _rate_of(static, rate)
-    if _fused_threefry_ok(static[1], static[2]):
-        words = _consumed_words(key)
-        bits = _bits_from_words(words, static[2])
-    else:
-        # rbg & co.: the draw (RngBitGenerator) is an unfusible op that depends on the key alone,
-        # so XLA may schedule every layer's draw at the start of the program and keep all the
-        # bits alive. Tying the draw to ``x`` makes it run when its input is ready.
-        words = _consumed_words(key)
-        bits = _regen_bits(words, static[1], static[2], tie=x)
-    return _apply(x, _mask_from_bits(bits, r), r), (words, rate)
+    mask, kept = _forward_mask(static, x, key, r)
+    return _apply(x, mask, r), (kept, rate)
 
 
 def _dropout_regen_bwd(static, res, g):
-    words, rate = res
-    # Separate barriers: one barrier over the tuple ``(words, g)`` makes GSPMD gather ``g``
+    kept, rate = res
+    # Separate barriers: one barrier over the tuple ``(kept, g)`` makes GSPMD gather ``g``
     # under sharding. What keeps the regeneration apart from the forward draw on every backend
     # is the elementwise tie to ``g`` (see _zeros_tied_to).
-    words = jax.lax.optimization_barrier(words)
+    kept = jax.lax.optimization_barrier(kept)
     g = jax.lax.optimization_barrier(g)
     r = _rate_of(static, rate)
-    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=g), r)
-    dx = _apply(g, mask, r)
+    dx = _apply(g, _backward_mask(static, kept, r, tie=g), r)
     return dx, None, _rate_cotangent(rate)
 
 
@@ -392,7 +422,8 @@ def dropout(
     gives zeros (no NaN). ``rate`` is a Python float (static) or a scalar JAX array (traced).
 
     ``regenerate_mask`` (default: :func:`get_regenerate_mask`, ``True``): the backward pass keeps
-    only the key and regenerates the mask (a ``jax.custom_vjp``); the values of the output and
+    only the key and regenerates the mask (a ``jax.custom_vjp``; for rbg/unsafe_rbg keys it keeps
+    the mask packed to 1 bit per element instead); the values of the output and
     of the gradient are bitwise those of plain autodiff. To keep the *output* out of memory too
     when the next op is a matmul, use :func:`dropout_then`.
 
@@ -432,20 +463,18 @@ def _dropout_then_regen(fn, static, x, key, rate, operands):
 
 
 def _dropout_then_fwd(fn, static, x, key, rate, operands):
-    y, (words, rate) = _dropout_regen_fwd(static, x, key, rate)
-    return fn(y, *operands), (x, words, rate, operands)
+    y, (kept, rate) = _dropout_regen_fwd(static, x, key, rate)
+    return fn(y, *operands), (x, kept, rate, operands)
 
 
 def _dropout_then_bwd(fn, static, res, g):
-    x, words, rate, operands = res
+    x, kept, rate, operands = res
     # One barrier per value (a tuple barrier makes GSPMD gather under sharding; see above).
-    x, words, operands, g = jax.tree.map(jax.lax.optimization_barrier, (x, words, operands, g))
+    x, kept, operands, g = jax.tree.map(jax.lax.optimization_barrier, (x, kept, operands, g))
     r = _rate_of(static, rate)
-    # Tie the regeneration to something the forward draw does not depend on: elementwise to
-    # ``x`` for the fused threefry hash (the forward hash is untied; ``g`` has fn's output
-    # shape), and to ``g`` for a key-only draw (rbg & co., whose forward draw is tied to ``x``).
-    tie = x if _fused_threefry_ok(static[1], static[2]) else g
-    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=tie), r)
+    # Tie the regeneration to ``x`` (elementwise; ``g`` has fn's output shape): the forward hash
+    # is untied, so the two are never merged into one stored mask.
+    mask = _backward_mask(static, kept, r, tie=x)
     dropped = _apply(x, mask, r)
     _, vjp = jax.vjp(fn, dropped, *operands)
     d_dropped, *d_operands = vjp(g)
