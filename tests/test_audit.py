@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import equinox as eqx
 import flax.linen as linen
+import haiku as hk
 import jax
 import jax.numpy as jnp
 import optax
@@ -123,6 +124,47 @@ def test_s0_nnx_rngs_made_inside_the_step():
         return m(x, rngs=nnx.Rngs(dropout=key))
 
     assert stoax.audit(fixed, state, X, jax.random.key(2)).ok
+
+
+def _haiku_forward(x):
+    x = hk.Linear(8)(x)
+    return hk.dropout(hk.next_rng_key(), 0.5, x)  # BUG:haiku_reuse
+
+
+HAIKU_NET = hk.transform(_haiku_forward)
+
+
+@pytest.mark.allow_key_reuse
+def test_s0_haiku_constant_key_in_apply():
+    params = HAIKU_NET.init(jax.random.PRNGKey(1), X)
+
+    @jax.jit
+    def step(params, x):
+        return HAIKU_NET.apply(params, jax.random.PRNGKey(0), x)  # BUG:haiku_s0
+
+    report = stoax.audit(step, params, X)
+    only(report, "constant_key")
+    at(report, "constant_key", "haiku_s0")
+
+
+@pytest.mark.allow_key_reuse
+def test_haiku_two_views_with_one_key_reuse_it():
+    # Two dropout "views" of a batch (R-Drop, consistency losses) from one key: both applies
+    # split the same key, so the masks are identical and the difference is exactly zero.
+    params = HAIKU_NET.init(jax.random.PRNGKey(1), X)
+
+    def two_views(params, x, key):
+        return HAIKU_NET.apply(params, key, x) - HAIKU_NET.apply(params, key, x)
+
+    report = stoax.audit(two_views, params, X, jax.random.PRNGKey(2))
+    only(report, "reused_key")
+    at(report, "reused_key", "haiku_reuse")
+
+    def fixed(params, x, key):
+        k1, k2 = jax.random.split(key)
+        return HAIKU_NET.apply(params, k1, x) - HAIKU_NET.apply(params, k2, x)
+
+    assert stoax.audit(fixed, params, X, jax.random.PRNGKey(2)).ok
 
 
 @pytest.mark.allow_key_reuse
