@@ -103,6 +103,15 @@ def test_missing_out_folder_is_created_but_not_its_parents(tmp_path):
     assert not (tmp_path / "no").exists()
 
 
+def test_default_out_folder_is_created_with_its_parent(tmp_path, monkeypatch):
+    # The README's main job runs `stoax train digits` in a fresh clone, where runs/ does not
+    # exist yet: the default folder must be made, parent and all.
+    monkeypatch.chdir(tmp_path)
+    code, _, stderr = _main("--epochs", "1", "--no-progress")
+    assert code == 0, stderr
+    assert (tmp_path / cli_train.DEFAULT_OUT / "results.json").is_file()
+
+
 def test_out_is_a_file(tmp_path):
     (tmp_path / "f").write_text("x")
     code, _, stderr = _main("--out", str(tmp_path / "f"))

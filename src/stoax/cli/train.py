@@ -31,6 +31,7 @@ examples:
   stoax train digits --resume --epochs 80  # continue the runs saved in --out
 """
 
+DEFAULT_OUT = Path("runs/digits")
 OUTPUTS = ("dropout.safetensors", "no_dropout.safetensors", "curves.png", "results.json")
 
 
@@ -106,9 +107,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path("runs/digits"),
-        help="output folder for checkpoints, curves.png and results.json; created if missing "
-        "(default: %(default)s)",
+        default=DEFAULT_OUT,
+        help="output folder for checkpoints, curves.png and results.json; created if missing, "
+        "but not its parent unless it is the default (default: %(default)s)",
     )
     existing = parser.add_mutually_exclusive_group()
     existing.add_argument(
@@ -134,7 +135,14 @@ def run(args: argparse.Namespace) -> int:
     from stoax.train import CheckpointError
 
     try:
-        out = _prepare_out(args.out, resume=args.resume, overwrite=args.overwrite)
+        out = _prepare_out(
+            args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            # The default's parent (runs/) is made as needed; for a folder the user names, a
+            # missing parent is more likely a typo than a wish for a new tree.
+            make_parents=args.out == DEFAULT_OUT,
+        )
         return _train(args, out)
     except UsageError as err:
         print(f"stoax train: error: {err}", file=sys.stderr)
@@ -144,13 +152,13 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
+def _prepare_out(out: Path, *, resume: bool, overwrite: bool, make_parents: bool = False) -> Path:
     """Check (and create) the output folder; refuse to clobber an earlier run silently."""
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a folder. Choose a folder.")
     if not out.exists():
         parent = out.absolute().parent
-        if not parent.is_dir():
+        if not parent.is_dir() and not make_parents:
             raise UsageError(
                 f"cannot create the output folder {out}: its parent {parent} does not exist. "
                 "Create the parent first, or choose another --out."
@@ -158,7 +166,7 @@ def _prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
         if resume:
             raise UsageError(f"nothing to resume: the output folder {out} does not exist.")
         try:
-            out.mkdir()
+            out.mkdir(parents=make_parents)
         except OSError as err:
             raise UsageError(f"cannot create the output folder {out}: {err.strerror}.") from None
     _check_writable(out)
