@@ -398,7 +398,7 @@ def test_attention_mode_key_and_construction_rules():
     assert stoax.eval_mode(attn).dropout.training is False
     assert isinstance(stoax.set_mode(attn, jnp.asarray(True)).dropout.training, jax.Array)
     x = jnp.ones((3, 8))
-    with pytest.raises(MissingKeyError, match="Dropout"):
+    with pytest.raises(MissingKeyError, match=r"^MultiHeadAttention\.dropout \(Dropout\("):
         jax.eval_shape(lambda: attn(x))
     jax.eval_shape(lambda: stoax.eval_mode(attn)(x))  # no key in evaluation
     with pytest.raises(ValueError, match="multiple of num_heads"):
@@ -407,3 +407,21 @@ def test_attention_mode_key_and_construction_rules():
         jax.eval_shape(lambda: MultiHeadAttention(8, 2, dropout=2.0, key=jax.random.key(0)))
     params, _ = stoax.partition(attn)
     assert params.num_heads == 2 and type(params.dropout.rate) is float
+
+
+def test_missing_key_error_names_the_field_path_of_the_layer():
+    # The error names where the layer sits, through containers, jit and the Stack's lax.scan.
+    encoder = stoax.nn.TransformerEncoder(
+        10, 10, features=8, num_heads=2, dropout=0.0, key=jax.random.key(0)
+    )
+    tokens = jnp.zeros((2, 5), jnp.int32)
+    with pytest.raises(MissingKeyError) as error:
+        jax.jit(lambda m, t: m(t))(encoder, tokens)
+    assert str(error.value).startswith("TransformerEncoder.blocks.layers.attn.dropout (Dropout(")
+    assert "Pass key=" in str(error.value) and "eval_mode" in str(error.value)
+
+    seq = stoax.nn.Sequential([Linear(3, 3, key=jax.random.key(0)), jnp.tanh, Dropout(0.5)])
+    with pytest.raises(MissingKeyError, match=r"^Sequential\.layers\[2\] \(Dropout\(rate=0\.5"):
+        seq(jnp.ones(3))
+    with pytest.raises(MissingKeyError, match=r"^Dropout\(rate=0\.5.*training mode"):
+        Dropout(0.5)(jnp.ones(3))  # a layer on its own is named by itself

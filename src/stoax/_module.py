@@ -30,6 +30,8 @@ from typing import Any, dataclass_transform
 import jax
 import numpy as np
 
+from stoax._errors import locate_layer_errors
+
 __all__ = ["Module", "field", "is_array", "is_module"]
 
 _FROZEN = "__stoax_frozen__"  # instance flag: set once construction is over
@@ -239,6 +241,9 @@ class Module(metaclass=_ModuleMeta):
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "_stoax_locates", False):
+            cls.__call__ = locate_layer_errors(call)  # errors name the field path of a layer
         has_own_init = "__init__" in cls.__dict__
         dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
         jax.tree_util.register_pytree_with_keys(

@@ -8,9 +8,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stoax._errors import LayerError
 
-class MissingKeyError(ValueError):
-    """A stochastic layer in training mode was called without a key."""
+
+class MissingKeyError(LayerError, ValueError):
+    """A stochastic layer in training mode was called without a key.
+
+    The message names the layer by its place in the model (``TransformerEncoder.embed_dropout``)
+    and says what to pass."""
 
 
 def check_rate(rate: Any, layer: str) -> float | jax.Array:
@@ -51,8 +56,9 @@ def require_float(x: Any, layer: Any) -> None:
 def need_key(layer: Any) -> MissingKeyError:
     name = type(layer).__name__
     return MissingKeyError(
-        f"{layer!r} is in training mode and was called without a key. Pass key=... to the "
+        layer,
+        "is in training mode and was called without a key. Pass key=... to the "
         f"model's forward pass (e.g. model(x, key=stoax.step_key(seed, step))); containers derive "
         f"each layer's key from it. For evaluation use stoax.eval_mode(model), which needs no "
-        f"key. ({name} with a traced training flag always needs a key.)"
+        f"key. ({name} with a traced training flag always needs a key.)",
     )

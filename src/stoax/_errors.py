@@ -1,0 +1,80 @@
+"""Errors raised by one layer deep inside a model, located by the modules around it.
+
+A layer raises a :class:`LayerError` about itself; every :class:`~stoax.Module` whose
+``__call__`` the error passes through prepends the field that holds the layer, so the user reads
+``TransformerEncoder.blocks.layers.attn.dropout`` rather than a bare ``Dropout(rate=0.1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+
+class LayerError(Exception):
+    """An error about ``layer``; ``str()`` starts with where the layer sits in the model.
+
+    ``detail`` is the rest of the message, written as a sentence that follows the layer's name
+    (``"is in training mode and was called without a key. ..."``).
+    """
+
+    def __init__(self, layer: Any, detail: str):
+        super().__init__(layer, detail)
+        self.layer = layer
+        self.detail = detail
+        self.path = ""  # from ``self.root`` down to ``layer``: ".blocks.layers.attn.dropout"
+        self.root = layer
+
+    def enter(self, module: Any) -> None:
+        """Called by each module the error leaves: extend the path up to ``module``."""
+        if module is self.root:
+            return
+        self.path = _field_path(module, self.root) + self.path
+        self.root = module
+
+    def __str__(self) -> str:
+        if not self.path:
+            return f"{self.layer!r} {self.detail}"
+        return f"{type(self.root).__name__}{self.path} ({self.layer!r}) {self.detail}"
+
+
+def _field_path(module: Any, child: Any) -> str:
+    """``.name``, ``.name[i]`` or ``.name['k']``: the field of ``module`` that holds ``child``.
+
+    By identity first; then by type (a ``Stack`` rebuilds its layer inside ``lax.scan``, so the
+    object that raised is a copy of the field's value).
+    """
+    if not dataclasses.is_dataclass(module):
+        return f".<{type(child).__name__}>"
+    fields = [(f.name, getattr(module, f.name, None)) for f in dataclasses.fields(module)]
+    for match in (lambda v: v is child, lambda v: type(v) is type(child)):
+        for name, value in fields:
+            if match(value):
+                return f".{name}"
+            if isinstance(value, list | tuple):
+                for i, item in enumerate(value):
+                    if match(item):
+                        return f".{name}[{i}]"
+            if isinstance(value, dict):
+                for k, item in value.items():
+                    if match(item):
+                        return f".{name}[{k!r}]"
+    return f".<{type(child).__name__}>"
+
+
+def locate_layer_errors(call: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a module's ``__call__`` so that a :class:`LayerError` passing through it learns
+    which field of this module it came from."""
+
+    @functools.wraps(call)
+    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(self, *args, **kwargs)
+        except LayerError as error:
+            error.enter(self)
+            raise
+
+    __call__._stoax_locates = True  # type: ignore[attr-defined]
+    return __call__
