@@ -71,13 +71,15 @@ def test_embedding_gradient_accumulates_per_id():
 
 def test_embedding_errors():
     emb = random_params(Embedding, 10, 4)
-    with pytest.raises(TypeError, match=r"Embedding\(10, 4\): ids must be an integer.*float32"):
+    with pytest.raises(
+        TypeError, match=r"^Embedding\(weight=f32\[10,4\]\): ids must be an integer.*float32"
+    ):
         emb(np.array([1.0, 2.0], np.float32))
     with pytest.raises(TypeError, match="integer"):
         emb(np.array([True, False]))
     with pytest.raises(TypeError, match="integer"):
         jax.jit(emb)(np.array([1.0]))  # also when traced
-    with pytest.raises(IndexError, match=r"in \[0, 10\), got -1 \.\. 10"):
+    with pytest.raises(IndexError, match=r"in \[0, num_embeddings = 10\), got -1 \.\. 10"):
         emb(np.array([-1, 10]))
     traced = jax.jit(emb)(np.array([-1, 10, 2], np.int8))  # unchecked under jit: NaN, no wrap
     assert np.isnan(traced[:2]).all() and not np.isnan(traced[2]).any()
@@ -156,11 +158,14 @@ def test_norm_statistics_are_computed_in_float32():
 def test_norm_errors(cls):
     norm = cls(4)
     name = cls.__name__
-    with pytest.raises(ValueError, match=rf"{name}\(4\): .*size 4; got input shape \(2, 5\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{name}\(features=4, .*\): .*size features = 4; got input shape \(2, 5\)",
+    ):
         norm(np.ones((2, 5), np.float32))
     with pytest.raises(ValueError, match="got input shape"):
         norm(np.ones((), np.float32))
-    with pytest.raises(TypeError, match=rf"{name}: input must be a floating-point"):
+    with pytest.raises(TypeError, match=rf"^{name}\(.*\): input must be a floating-point"):
         norm(np.ones((2, 4), np.int32))
     with pytest.raises(ValueError, match=rf"{name}: features must be a positive int"):
         cls(0)
@@ -382,5 +387,9 @@ def test_mlp_errors():
         MLP(3, 2, activation="relu", key=key)
     with pytest.raises(ValueError, match=r"rate must be in \[0, 1\]"):
         MLP(3, 2, dropout=1.5, key=key)
-    with pytest.raises(ValueError, match=r"Linear\(3 -> 64\): input's last axis has size 4"):
+    with pytest.raises(
+        ValueError,
+        match=r"^MLP\.layers\[0\] \(Linear\(weight=f32\[3,64\], bias=f32\[64\]\)\): "
+        r"input's last axis has size 4, expected in_features = 3",
+    ):
         random_params(MLP, 3, 2)(np.ones(4, np.float32))

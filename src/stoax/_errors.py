@@ -16,8 +16,8 @@ from typing import Any
 class LayerError(Exception):
     """An error about ``layer``; ``str()`` starts with where the layer sits in the model.
 
-    ``detail`` is the rest of the message, written as a sentence that follows the layer's name
-    (``"is in training mode and was called without a key. ..."``).
+    ``detail`` is the rest of the message, which follows the layer's name: it starts with its
+    own separator (``" is in training mode ..."``, ``": input's last axis ..."``).
     """
 
     def __init__(self, layer: Any, detail: str):
@@ -36,8 +36,26 @@ class LayerError(Exception):
 
     def __str__(self) -> str:
         if not self.path:
-            return f"{self.layer!r} {self.detail}"
-        return f"{type(self.root).__name__}{self.path} ({self.layer!r}) {self.detail}"
+            return f"{_short_repr(self.layer)}{self.detail}"
+        return f"{type(self.root).__name__}{self.path} ({_short_repr(self.layer)}){self.detail}"
+
+
+def _short_repr(layer: Any) -> str:
+    """The layer's repr when it fits on a line (``Dropout(rate=0.1, ...)``), else its class."""
+    text = repr(layer)
+    return text if "\n" not in text and len(text) <= 100 else type(layer).__name__
+
+
+class LayerValueError(LayerError, ValueError):
+    """A layer was called with an input of the wrong shape or value."""
+
+
+class LayerTypeError(LayerError, TypeError):
+    """A layer was called with an input of the wrong type or dtype."""
+
+
+class LayerIndexError(LayerError, IndexError):
+    """A layer was called with an index out of range (an embedding id)."""
 
 
 def _field_path(module: Any, child: Any) -> str:

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from stoax import keys
+from stoax._errors import LayerTypeError, LayerValueError
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
 from stoax.nn._linear import Linear
@@ -108,16 +109,18 @@ class MultiHeadAttention(Module):
     def _full_mask(self, mask: jax.Array | None, q_len: int, kv_len: int) -> jax.Array | None:
         if mask is not None:
             if getattr(mask, "dtype", None) != jnp.bool_:
-                raise TypeError(
-                    f"MultiHeadAttention: mask must be a boolean array (True = may attend), got "
-                    f"{getattr(mask, 'dtype', type(mask).__name__)}. Use mask.astype(bool)."
+                raise LayerTypeError(
+                    self,
+                    ": mask must be a boolean array (True = may attend), got "
+                    f"{getattr(mask, 'dtype', type(mask).__name__)}. Use mask.astype(bool).",
                 )
             target = (self.num_heads, q_len, kv_len)
             tail = mask.shape[-3:]
             if any(m not in (1, t) for m, t in zip(tail[::-1], target[::-1], strict=False)):
-                raise ValueError(
-                    f"MultiHeadAttention: mask of shape {mask.shape} does not broadcast to "
-                    f"(..., num_heads, q_len, kv_len) = (..., {', '.join(map(str, target))})."
+                raise LayerValueError(
+                    self,
+                    f": mask of shape {mask.shape} does not broadcast to "
+                    f"(..., num_heads, q_len, kv_len) = (..., {', '.join(map(str, target))}).",
                 )
         if self.causal:
             causal = jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax._errors import LayerError
+from stoax._errors import LayerError, LayerTypeError
 
 
 class MissingKeyError(LayerError, ValueError):
@@ -46,10 +46,11 @@ def check_rate(rate: Any, layer: str) -> float | jax.Array:
 def require_float(x: Any, layer: Any) -> None:
     dtype = getattr(x, "dtype", None)
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{type(layer).__name__}: input must be a floating-point array (f32, bf16, f16, f64), "
-            f"got {dtype if dtype is not None else type(x).__name__}. Cast integer inputs with "
-            ".astype(jnp.float32) first."
+        raise LayerTypeError(
+            layer,
+            ": input must be a floating-point array (f32, bf16, f16, f64), got "
+            f"{dtype if dtype is not None else type(x).__name__}. Cast integer inputs with "
+            ".astype(jnp.float32) first.",
         )
 
 
@@ -57,7 +58,7 @@ def need_key(layer: Any) -> MissingKeyError:
     name = type(layer).__name__
     return MissingKeyError(
         layer,
-        "is in training mode and was called without a key. Pass key=... to the "
+        " is in training mode and was called without a key. Pass key=... to the "
         f"model's forward pass (e.g. model(x, key=stoax.step_key(seed, step))); containers derive "
         f"each layer's key from it. For evaluation use stoax.eval_mode(model), which needs no "
         f"key. ({name} with a traced training flag always needs a key.)",

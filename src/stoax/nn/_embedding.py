@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stoax._errors import LayerIndexError, LayerTypeError
 from stoax._module import Module
 from stoax.nn._sizes import positive_int
 
@@ -64,17 +65,18 @@ class Embedding(Module):
             ids = jnp.asarray(ids)
             dtype = ids.dtype
         if not jnp.issubdtype(dtype, jnp.integer):
-            raise TypeError(
-                f"Embedding({self.num_embeddings}, {self.features}): ids must be an integer array, "
-                f"got dtype {dtype}. Embedding looks vectors up by index; cast token ids with "
-                ".astype(jnp.int32), or use Linear for float inputs."
+            raise LayerTypeError(
+                self,
+                f": ids must be an integer array, got dtype {dtype}. Embedding looks vectors up "
+                "by index; cast token ids with .astype(jnp.int32), or use Linear for float inputs.",
             )
         if not isinstance(ids, jax.core.Tracer):
             values = np.asarray(ids)
             if values.size and (values.min() < 0 or values.max() >= self.num_embeddings):
-                raise IndexError(
-                    f"Embedding({self.num_embeddings}, {self.features}): ids must be in "
-                    f"[0, {self.num_embeddings}), got {values.min()} .. {values.max()}."
+                raise LayerIndexError(
+                    self,
+                    f": ids must be in [0, num_embeddings = {self.num_embeddings}), got "
+                    f"{values.min()} .. {values.max()}.",
                 )
         if jnp.issubdtype(dtype, jnp.signedinteger):  # no wrap-around from the end of the table
             ids = jnp.asarray(ids)  # int64 NumPy ids become int32 unless x64 is enabled

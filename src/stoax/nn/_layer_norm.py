@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from stoax._errors import LayerValueError
 from stoax._module import Module
 from stoax.nn._checks import require_float
 from stoax.nn._sizes import positive_int
@@ -15,9 +16,10 @@ __all__ = ["LayerNorm"]
 def check_features(x: jax.Array, layer: Module, features: int) -> None:
     """The input's last axis must have size ``features``."""
     if x.ndim < 1 or x.shape[-1] != features:
-        raise ValueError(
-            f"{type(layer).__name__}({features}): normalises the last axis, which must have size "
-            f"{features}; got input shape {tuple(x.shape)}."
+        raise LayerValueError(
+            layer,
+            f": normalises the last axis, which must have size features = {features}; got input "
+            f"shape {tuple(x.shape)}.",
         )
 
 

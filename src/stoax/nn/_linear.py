@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from stoax._errors import LayerValueError
 from stoax._module import Module
 
 __all__ = ["Linear"]
@@ -49,9 +50,10 @@ class Linear(Module):
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         if x.shape[-1] != self.weight.shape[-2]:
-            raise ValueError(
-                f"Linear({self.weight.shape[-2]} -> {self.weight.shape[-1]}): input's last axis "
-                f"has size {x.shape[-1]}, expected {self.weight.shape[-2]} (input shape {x.shape})."
+            raise LayerValueError(
+                self,
+                f": input's last axis has size {x.shape[-1]}, expected in_features = "
+                f"{self.weight.shape[-2]} (input shape {x.shape}).",
             )
         y = x @ self.weight
         return y if self.bias is None else y + self.bias
