@@ -11,7 +11,9 @@
     compiled temporary memory (``compiled.memory_analysis().temp_size_in_bytes``) on/off.
     stoax uses its library ``stoax.nn.TransformerEncoder`` ("stoax": the layers in one
     ``lax.scan``; "stoax unrolled": the same model with ``unroll=True``, one copy of the layer
-    per layer in the program, as the anchors have it); "stoax prims" is the
+    per layer in the program, as the anchors have it; "stoax remat": the scan with each layer
+    rematerialised except its weight matmuls, ``remat=jax.checkpoint_policies.
+    dots_with_no_batch_dims_saveable``); "stoax prims" is the
     anchors' hand-written architecture (unrolled layers, no scan) on stoax's primitives
     (``dropout``; ``dropout_then`` for attention probabilities and the MLP hidden layer); the
     anchors are that architecture with each library's own Linear/LayerNorm/Embed/Dropout.
@@ -147,7 +149,7 @@ def attention(q, k, v, drop_probs):
 # ---- stoax: the library model ----
 
 
-def stoax_step_fn(rate, unroll=1):
+def stoax_step_fn(rate, unroll=1, remat=False):
     model = stoax.nn.TransformerEncoder(
         vocab_size=V,
         out_features=V,
@@ -158,6 +160,7 @@ def stoax_step_fn(rate, unroll=1):
         dropout=rate,
         attention_dropout=rate,
         unroll=unroll,
+        remat=remat,
         key=jax.random.key(0),
     )
     params, rest = stoax.partition(model)
@@ -434,10 +437,13 @@ def eqx_step_fn(rate):
     return step, (params, opt.init(params))
 
 
-STOAX_ROWS = ("stoax", "stoax unrolled", "stoax prims")
+STOAX_ROWS = ("stoax", "stoax unrolled", "stoax remat", "stoax prims")
 STEPS = {
     "stoax": stoax_step_fn,
     "stoax unrolled": functools.partial(stoax_step_fn, unroll=True),
+    "stoax remat": functools.partial(
+        stoax_step_fn, remat=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+    ),
     "stoax prims": stoax_prims_step_fn,
     "flax nnx": nnx_step_fn,
     "flax linen": linen_step_fn,

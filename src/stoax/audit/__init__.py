@@ -52,7 +52,7 @@ from stoax.audit._findings import (
     Kind,
     Location,
 )
-from stoax.audit._trace import trace
+from stoax.audit._trace import distinguishing_frames, trace
 from stoax.audit._vmap import VmapHook
 
 __all__ = [
@@ -192,6 +192,9 @@ def _findings(summ: Any, vmap_findings: list, analyzer: Analyzer) -> list[Findin
             break
     for first, second in pairs:
         loc, other = second.site.loc, first.site.loc
+        if loc == other:  # one line draws twice: name the lines that called it, if they differ
+            parted = distinguishing_frames(second.site.tb, first.site.tb)
+            loc, other = parted if parted is not None else (loc, other)
         what1 = "split" if first.prim == "random_split" else _WHAT.get(first.prim, first.prim)
         what2 = "split" if second.prim == "random_split" else _WHAT.get(second.prim, second.prim)
         where = f"at {other}" if other and other != loc else "on the same line"

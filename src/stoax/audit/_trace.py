@@ -90,6 +90,39 @@ def user_location(traceback: Any) -> Location | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def user_frames(traceback: Any) -> tuple[Location, ...]:
+    """Every frame of ``traceback`` that is not library code, innermost first."""
+    if traceback is None:
+        return ()
+    try:
+        codes, lastis = traceback.raw_frames()
+    except Exception:  # pragma: no cover - a traceback of another JAX version
+        return ()
+    frames = []
+    for code, lasti in zip(codes, lastis, strict=False):
+        if is_library_file(code.co_filename):
+            continue
+        try:
+            line = _xla_client.Traceback.code_addr2line(code, lasti)
+        except Exception:  # pragma: no cover
+            line = code.co_firstlineno
+        name = getattr(code, "co_qualname", code.co_name)
+        frames.append(Location(code.co_filename, int(line), name))
+    return tuple(frames)
+
+
+def distinguishing_frames(tb_a: Any, tb_b: Any) -> tuple[Location, Location] | None:
+    """The outermost user frames where two call stacks part: for two draws made by the same
+    line of a model (a library's ``next_rng_key`` inside ``apply``), the two lines that called
+    the model. None when the stacks do not part."""
+    a, b = user_frames(tb_a)[::-1], user_frames(tb_b)[::-1]
+    for frame_a, frame_b in zip(a, b, strict=False):
+        if frame_a != frame_b:
+            return frame_a, frame_b
+    return None
+
+
 def location_of(eqn: Any) -> Location | None:
     return user_location(eqn.source_info.traceback)
 
