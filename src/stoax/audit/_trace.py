@@ -71,26 +71,6 @@ def is_library_file(filename: str) -> bool:
 
 
 @functools.lru_cache(maxsize=4096)
-def user_location(traceback: Any) -> Location | None:
-    """The innermost frame of ``traceback`` (an XLA traceback) that is not library code."""
-    if traceback is None:
-        return None
-    try:
-        codes, lastis = traceback.raw_frames()
-    except Exception:  # pragma: no cover - a traceback of another JAX version
-        return None
-    for code, lasti in zip(codes, lastis, strict=False):
-        if is_library_file(code.co_filename):
-            continue
-        try:
-            line = _xla_client.Traceback.code_addr2line(code, lasti)
-        except Exception:  # pragma: no cover
-            line = code.co_firstlineno
-        return Location(code.co_filename, int(line), getattr(code, "co_qualname", code.co_name))
-    return None
-
-
-@functools.lru_cache(maxsize=4096)
 def user_frames(traceback: Any) -> tuple[Location, ...]:
     """Every frame of ``traceback`` that is not library code, innermost first."""
     if traceback is None:
@@ -110,6 +90,12 @@ def user_frames(traceback: Any) -> tuple[Location, ...]:
         name = getattr(code, "co_qualname", code.co_name)
         frames.append(Location(code.co_filename, int(line), name))
     return tuple(frames)
+
+
+def user_location(traceback: Any) -> Location | None:
+    """The innermost frame of ``traceback`` (an XLA traceback) that is not library code."""
+    frames = user_frames(traceback)
+    return frames[0] if frames else None
 
 
 def distinguishing_frames(tb_a: Any, tb_b: Any) -> tuple[Location, Location] | None:
