@@ -29,7 +29,7 @@ import jax
 import numpy as np
 
 from stoax.audit._findings import Location
-from stoax.audit._trace import location_of, user_location
+from stoax.audit._trace import location_of
 
 __all__ = ["Analyzer", "Draw", "LoopFinding", "Summary"]
 
@@ -898,7 +898,3 @@ def iter_bits(m: int):
         if m & 1:
             yield i
         m >>= 1
-
-
-def user_location_of_traceback(tb: Any) -> Location | None:
-    return user_location(tb)

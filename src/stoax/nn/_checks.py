@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stoax import keys
 from stoax._errors import LayerError, LayerTypeError
 
 
@@ -63,3 +64,25 @@ def need_key(layer: Any) -> MissingKeyError:
         f"each layer's key from it. For evaluation use stoax.eval_mode(model), which needs no "
         f"key. ({name} with a traced training flag always needs a key.)",
     )
+
+
+# -- the call rules every stochastic layer (Dropout, DropPath, GaussianNoise) follows ------------
+
+
+def is_identity(layer: Any, x: Any, strength: Any) -> bool:
+    """Refuse non-float input; True when the call is the identity: evaluation mode
+    (``training=False``) or a static ``strength`` (rate, stddev) of 0 -- no key needed."""
+    require_float(x, layer)
+    return layer.training is False or (isinstance(strength, float) and strength == 0.0)
+
+
+def draw_key(layer: Any, key: Any) -> jax.Array:
+    """The typed key a layer in training mode draws with; a clear error when there is none."""
+    if key is None:
+        raise need_key(layer)
+    return keys.as_key(key, type(layer).__name__)
+
+
+def by_mode(layer: Any, y: jax.Array, x: jax.Array) -> jax.Array:
+    """``y`` in training mode, ``x`` in evaluation; a traced flag selects without a branch."""
+    return y if layer.training is True else jnp.where(layer.training, y, x)

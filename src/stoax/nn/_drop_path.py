@@ -5,10 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stoax import keys
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
-from stoax.nn._checks import check_rate, need_key, require_float
+from stoax.nn._checks import by_mode, check_rate, draw_key, is_identity
 from stoax.random import dropout
 
 __all__ = ["DropPath"]
@@ -42,8 +41,7 @@ class DropPath(Module):
         self.training = check_training_flag(self.training, "DropPath")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        require_float(x, self)
-        if self.training is False or (isinstance(self.rate, float) and self.rate == 0.0):
+        if is_identity(self, x, self.rate):
             return x
         if jnp.ndim(x) == 0:
             raise ValueError(
@@ -51,14 +49,6 @@ class DropPath(Module):
                 "got a scalar. Under jax.vmap over examples use stoax.nn.Dropout(rate, "
                 "broadcast_dims=...) on the per-example shape instead."
             )
-        if key is None:
-            raise need_key(self)
-        y = dropout(
-            x,
-            self.rate,
-            keys.as_key(key, "DropPath"),
-            broadcast_dims=tuple(range(1, jnp.ndim(x))),
-        )
-        if self.training is True:
-            return y
-        return jnp.where(self.training, y, x)
+        key = draw_key(self, key)
+        y = dropout(x, self.rate, key, broadcast_dims=tuple(range(1, jnp.ndim(x))))
+        return by_mode(self, y, x)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
-from stoax import keys
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
-from stoax.nn._checks import check_rate, need_key, require_float
+from stoax.nn._checks import by_mode, check_rate, draw_key, is_identity
 from stoax.random import dropout, dropout_then
 
 __all__ = ["Dropout"]
@@ -43,15 +41,10 @@ class Dropout(Module):
         self.training = check_training_flag(self.training, "Dropout")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        require_float(x, self)
-        if self.training is False or (isinstance(self.rate, float) and self.rate == 0.0):
+        if is_identity(self, x, self.rate):
             return x
-        if key is None:
-            raise need_key(self)
-        y = dropout(x, self.rate, keys.as_key(key, "Dropout"), broadcast_dims=self.broadcast_dims)
-        if self.training is True:
-            return y
-        return jnp.where(self.training, y, x)
+        key = draw_key(self, key)
+        return by_mode(self, dropout(x, self.rate, key, broadcast_dims=self.broadcast_dims), x)
 
     def then(self, fn, x: jax.Array, *operands: jax.Array, key: jax.Array | None = None):
         """``fn(self(x, key=key), *operands)`` as one differentiated unit
@@ -65,15 +58,12 @@ class Dropout(Module):
             ...           key=jax.random.key(0)).shape
             (3, 2)
         """
-        require_float(x, self)
-        if self.training is False or (isinstance(self.rate, float) and self.rate == 0.0):
+        if is_identity(self, x, self.rate):
             return fn(x, *operands)
-        if key is None:
-            raise need_key(self)
-        key = keys.as_key(key, "Dropout")
+        key = draw_key(self, key)
         if self.training is True:
             return dropout_then(
                 fn, x, *operands, rate=self.rate, key=key, broadcast_dims=self.broadcast_dims
             )
         y = dropout(x, self.rate, key, broadcast_dims=self.broadcast_dims)
-        return fn(jnp.where(self.training, y, x), *operands)
+        return fn(by_mode(self, y, x), *operands)

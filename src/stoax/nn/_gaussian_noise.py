@@ -8,10 +8,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax import keys
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
-from stoax.nn._checks import need_key, require_float
+from stoax.nn._checks import by_mode, draw_key, is_identity
 
 __all__ = ["GaussianNoise"]
 
@@ -69,13 +68,7 @@ class GaussianNoise(Module):
         self.training = check_training_flag(self.training, "GaussianNoise")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        require_float(x, self)
-        if self.training is False or (isinstance(self.stddev, float) and self.stddev == 0.0):
+        if is_identity(self, x, self.stddev):
             return x
-        if key is None:
-            raise need_key(self)
-        noise = jax.random.normal(keys.as_key(key, "GaussianNoise"), jnp.shape(x), x.dtype)
-        y = x + jnp.asarray(self.stddev, x.dtype) * noise
-        if self.training is True:
-            return y
-        return jnp.where(self.training, y, x)
+        noise = jax.random.normal(draw_key(self, key), jnp.shape(x), x.dtype)
+        return by_mode(self, x + jnp.asarray(self.stddev, x.dtype) * noise, x)

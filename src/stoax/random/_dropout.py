@@ -192,25 +192,19 @@ def _zeros_tied_to(a: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         a = a[tuple(slice(0, 1) if n == 1 else slice(None) for n in shape)]
     if not jnp.issubdtype(a.dtype, jnp.floating):
         return jnp.zeros(shape, jnp.uint32)
-    return (jnp.isnan(a) & jnp.isfinite(a)).astype(jnp.uint32)
+    return _never(a).astype(jnp.uint32)
 
 
-def _regen_bits(words: jax.Array, impl: str, shape: tuple[int, ...], tie: jax.Array) -> jax.Array:
-    """Regenerate the bits from a key's words (the backward pass; not a new draw), tied to
-    ``tie`` (the cotangent, or an array of the mask's size) so that XLA keeps it apart."""
-    if _fused_threefry_ok(impl, shape):
-        return _bits_from_words(words, shape, tie)
-    # RngBitGenerator takes the key alone: tie its words to one element of ``tie``.
-    return jax.random.bits(jax.random.wrap_key_data(_tie(words, tie), impl=impl), shape, jnp.uint32)
+def _never(a: jax.Array) -> jax.Array:
+    """``isnan(a) & isfinite(a)``: False everywhere, but not provably so to XLA."""
+    return jnp.isnan(a) & jnp.isfinite(a)
 
 
-def _tie(words: jax.Array, *arrays: jax.Array) -> jax.Array:
-    """``words``, made to depend on ``arrays`` without changing its value (see
-    :func:`_zeros_tied_to`; this scalar form is for draws that take only a key)."""
-    for a in arrays:
-        if a.size and jnp.issubdtype(a.dtype, jnp.floating):
-            v = jnp.ravel(a)[0]
-            words = words ^ (jnp.isnan(v) & jnp.isfinite(v)).astype(words.dtype)
+def _tie(words: jax.Array, a: jax.Array) -> jax.Array:
+    """``words``, made to depend on one element of ``a`` without changing its value: the
+    scalar form of :func:`_zeros_tied_to`, for draws that take only a key."""
+    if a.size and jnp.issubdtype(a.dtype, jnp.floating):
+        words = words ^ _never(jnp.ravel(a)[0]).astype(words.dtype)
     return words
 
 
@@ -308,6 +302,13 @@ def _keep_mask_traced(key, shape, rate):
     return _mask_from_bits(_bits(key, shape), rate)
 
 
+# ``static`` = (python_rate_or_None, impl, mask_shape); ``rate`` is a dummy when static.
+
+
+def _rate_of(static, rate):
+    return static[0] if static[0] is not None else rate
+
+
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
     return jnp.where(mask, x * _scale(rate, x.dtype), jnp.zeros((), x.dtype))
 
@@ -316,21 +317,21 @@ def _rate_cotangent(rate: jax.Array) -> jax.Array:
     return jnp.zeros_like(rate)
 
 
+def _plain_dropout(static, x, key, rate):
+    """Dropout as plain autodiff sees it (also the primal of the custom_vjps below)."""
+    r = _rate_of(static, rate)
+    return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
+
+
 # --------------------------------------------------------------------------------------------
-# custom_vjp: residuals are the key's words (and a traced rate), nothing of the mask's size.
+# custom_vjp: residuals are the key's words (and a traced rate), nothing of the mask's size --
+# or, for key-only draws (rbg), the mask packed to 1 bit per element.
 # --------------------------------------------------------------------------------------------
-
-# ``static`` = (python_rate_or_None, impl, mask_shape); ``rate`` is a dummy when static.
-
-
-def _rate_of(static, rate):
-    return static[0] if static[0] is not None else rate
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _dropout_regen(static, x, key, rate):
-    r = _rate_of(static, rate)
-    return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
+    return _plain_dropout(static, x, key, rate)
 
 
 def _pack(mask: jax.Array) -> jax.Array:
@@ -356,14 +357,15 @@ def _forward_mask(static, x, key, r):
         return _mask_from_bits(_bits_from_words(words, static[2]), r), words
     # The draw depends on the key alone, so XLA may schedule every layer's draw at the start of
     # the program and keep all the bits alive: tying it to ``x`` makes it run when x is ready.
-    mask = _mask_from_bits(_regen_bits(words, static[1], static[2], tie=x), r)
+    tied_key = jax.random.wrap_key_data(_tie(words, x), impl=static[1])
+    mask = _mask_from_bits(jax.random.bits(tied_key, static[2], jnp.uint32), r)
     return mask, _pack(mask)
 
 
 def _backward_mask(static, kept, r, tie):
     """The forward mask again, from :func:`_forward_mask`'s ``kept``; see _zeros_tied_to."""
     if _fused_threefry_ok(static[1], static[2]):
-        return _mask_from_bits(_regen_bits(kept, static[1], static[2], tie=tie), r)
+        return _mask_from_bits(_bits_from_words(kept, static[2], tie), r)
     return _unpack(kept, static[2])
 
 
@@ -447,8 +449,7 @@ def dropout(
 def _dropout_core(static, regen, x, key, traced_rate):
     if regen:
         return _dropout_regen(static, x, key, traced_rate)
-    r = _rate_of(static, traced_rate)
-    return _apply(x, _mask_from_bits(_bits(key, static[2]), r), r)
+    return _plain_dropout(static, x, key, traced_rate)
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,8 +459,7 @@ def _dropout_core(static, regen, x, key, traced_rate):
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _dropout_then_regen(fn, static, x, key, rate, operands):
-    r = _rate_of(static, rate)
-    return fn(_apply(x, _mask_from_bits(_bits(key, static[2]), r), r), *operands)
+    return fn(_plain_dropout(static, x, key, rate), *operands)
 
 
 def _dropout_then_fwd(fn, static, x, key, rate, operands):
@@ -496,7 +496,8 @@ def dropout_then(
     """``fn(dropout(x, rate, key), *operands)`` as one differentiated unit.
 
     With ``regenerate_mask`` (the default) the backward pass keeps ``x``, ``operands`` and the
-    key -- not the mask, and not the dropped ``x`` -- and rebuilds the dropped input from them.
+    key -- not the mask (for rbg/unsafe_rbg keys: the mask packed to 1 bit per element), and not
+    the dropped ``x`` -- and rebuilds the dropped input from them.
     When ``x`` is stored anyway (a softmax output, an activation the previous layer needs), the
     dropout costs no memory at all. ``fn`` is differentiated with ``jax.vjp`` in the backward
     pass: for a linear ``fn`` (matmul, einsum) XLA drops the unused primal recomputation. ``fn``
@@ -523,5 +524,4 @@ def dropout_then(
 def _dropout_then_core(fn, static, regen, x, key, traced_rate, operands):
     if regen:
         return _dropout_then_regen(fn, static, x, key, traced_rate, operands)
-    r = _rate_of(static, traced_rate)
-    return fn(_apply(x, _mask_from_bits(_bits(key, static[2]), r), r), *operands)
+    return fn(_plain_dropout(static, x, key, traced_rate), *operands)

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stoax.keys import is_key
 from stoax.train._extras import require
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint_metadata", "save_checkpoint"]
@@ -64,7 +65,7 @@ def save_checkpoint(
     save = require("safetensors.numpy", "save_checkpoint").save
     path = Path(path)
     tensors, keys = _flatten(tree)
-    structure = _structure(tensors, keys)
+    structure = [list(entry) for entry in _structure_of(tree)[0]]
     try:
         user = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=True)
     except TypeError as err:
@@ -118,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, like: T) -> tuple[T, dict[str, Any]
     """
     path = Path(path)
     header = _read_header(path)
-    expected, expected_keys = _template_structure(like)
+    expected, expected_keys = _structure_of(like)
     try:
         stored = [tuple(entry) for entry in json.loads(header["structure"])]
         stored_keys = json.loads(header["keys"])
@@ -151,10 +152,6 @@ def _name(path: tuple) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/") or "/"
 
 
-def _is_key_dtype(dtype: Any) -> bool:
-    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
 def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     tensors: dict[str, np.ndarray] = {}
     keys: dict[str, str] = {}
@@ -167,18 +164,11 @@ def _flatten(tree: Any) -> tuple[dict[str, np.ndarray], dict[str, str]]:
                 f"save_checkpoint: the leaf at {name!r} is a {type(leaf).__name__}, not an array; "
                 "a checkpoint stores arrays only (make it a jnp array, or static metadata)."
             )
-        if _is_key_dtype(leaf.dtype):
+        if is_key(leaf):
             keys[name] = str(jax.random.key_impl(leaf))
             leaf = jax.random.key_data(leaf)
         tensors[name] = np.asarray(jax.device_get(leaf))
     return tensors, keys
-
-
-def _structure(tensors: Mapping[str, np.ndarray], keys: Mapping[str, str]) -> list[list[Any]]:
-    return [
-        [name, f"key<{keys[name]}>" if name in keys else str(a.dtype), list(a.shape)]
-        for name, a in sorted(tensors.items())
-    ]
 
 
 def _fingerprint(structure: list[list[Any]]) -> str:
@@ -236,16 +226,19 @@ def _user(header: Mapping[str, str], path: Path) -> dict[str, Any]:
         raise _corrupt(path, f"its metadata is not valid JSON ({err})") from None
 
 
-def _template_structure(like: Any) -> tuple[list[tuple[Any, ...]], set[str]]:
+def _structure_of(tree: Any) -> tuple[list[tuple[Any, ...]], set[str]]:
+    """``(name, dtype, shape)`` of every leaf, sorted by name (a key array as ``key<impl>`` and
+    its key data's shape), and the names of the key leaves. For the saved tree and for a
+    template alike: arrays and ``jax.ShapeDtypeStruct`` s."""
     structure, keys = [], set()
-    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(like)[0]:
+    for leaf_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         name = _name(leaf_path)
         if not hasattr(leaf, "dtype") or not hasattr(leaf, "shape"):
             raise TypeError(
                 f"load_checkpoint: the template's leaf at {name!r} is a {type(leaf).__name__}, "
                 "not an array (or jax.ShapeDtypeStruct)."
             )
-        if _is_key_dtype(leaf.dtype):
+        if is_key(leaf):
             keys.add(name)
             impl = leaf.dtype._impl.name  # works for arrays and ShapeDtypeStructs alike
             shape = jax.eval_shape(jax.random.key_data, leaf).shape

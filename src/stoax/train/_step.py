@@ -85,7 +85,7 @@ def make_train_step(
 def _train_step(
     state: TrainState, batch: Any, seed: jax.Array, *, loss_fn: LossFn, tx: Any
 ) -> tuple[TrainState, Metrics]:
-    key = step_key(jax.random.key(seed), state.step)  # == stoax.step_key(seed, step)
+    key = step_key(seed, state.step)
 
     def objective(params: Any) -> tuple[jax.Array, Mapping[str, jax.Array]]:
         return loss_fn(combine(params, state.rest), batch, key=key)
