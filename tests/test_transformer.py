@@ -5,11 +5,11 @@ traced train/eval flag, causality, and a program size that does not grow with de
 from __future__ import annotations
 
 import jax
-import jax.extend
 import jax.numpy as jnp
 import jax.test_util
 import numpy as np
 import pytest
+from _jax_compat import count_eqns, enable_x64
 
 import stoax
 from stoax import keys
@@ -117,7 +117,7 @@ def test_classifier_vmap_and_grad():
 
 
 def test_gradients_match_finite_differences_float64_dropout_on():
-    with jax.enable_x64(True):
+    with enable_x64():
         m = model(layers=2, dtype=jnp.float64)
         assert m.blocks.layers.attn.query_proj.weight.dtype == jnp.float64
         key = jax.random.key(6)
@@ -127,13 +127,6 @@ def test_gradients_match_finite_differences_float64_dropout_on():
 
         # Central differences along random directions; order 1, reverse mode (what training uses).
         jax.test_util.check_grads(jax.jit(loss), (m,), order=1, modes=("rev",), eps=1e-5)
-
-
-def _count_eqns(jaxpr) -> int:
-    return sum(
-        1 + sum(_count_eqns(sub) for sub in jax.extend.core.jaxprs_in_params(e.params))
-        for e in jaxpr.eqns
-    )
 
 
 def test_program_size_does_not_grow_with_depth():
@@ -148,7 +141,7 @@ def test_program_size_does_not_grow_with_depth():
 
         jaxpr = jax.make_jaxpr(step)(m, TOKENS, jax.random.key(0))
         hlo = jax.jit(step).lower(m, TOKENS, jax.random.key(0)).as_text()
-        return _count_eqns(jaxpr.jaxpr), len(hlo.splitlines())
+        return count_eqns(jaxpr.jaxpr), len(hlo.splitlines())
 
     assert sizes(4) == sizes(24)
 

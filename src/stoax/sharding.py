@@ -24,8 +24,8 @@ Example:
     >>> mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
     >>> layer = stoax.nn.Linear(4, 8, key=jax.random.key(0))
     >>> s = stoax.sharding.shardings(layer, mesh, [(r"\\.weight$", P(None, "model"))])
-    >>> s.weight.spec, s.bias.spec
-    (P(None, 'model'), P())
+    >>> s.weight.spec == P(None, "model"), s.bias.spec == P()
+    (True, True)
 """
 
 from __future__ import annotations
