@@ -513,3 +513,14 @@ def test_concurrent_run_is_refused_then_killed(tmp_path, spawn):
     assert code == 0, stderr  # its stale lock is taken over
     _assert_results_agree(out)
     assert _leftovers(out) == ([], [])
+
+
+def test_overwrite_through_a_symlink_keeps_the_symlink(short_run, tmp_path):
+    real = _copy_run(short_run, tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    code, _, stderr = _main("--overwrite", "--epochs", "1", "--out", str(link), "--no-progress")
+    assert code == 0, stderr
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert _assert_results_agree(real)["config"]["epochs"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["digits", "link"]

@@ -184,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
-    except (CheckpointError, OSError) as err:
+    except (CheckpointError, OSError, ImportError) as err:
         print(f"stoax train: error: {_strip_errno(err)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -285,14 +285,19 @@ def _make_folder(out: Path, *, make_parents: bool) -> bool:
 # -- the files beside --out of an --overwrite run ------------------------------------------------
 
 
+def _real(out: Path) -> Path:
+    """The folder ``out`` names (a symlink followed): the one swapped by ``--overwrite``."""
+    return out.resolve()
+
+
 def _sibling_pattern(out: Path) -> re.Pattern[str]:
-    return re.compile(rf"^\.{re.escape(out.absolute().name)}\.stoax-(new|old)-[0-9a-f]{{16}}$")
+    return re.compile(rf"^\.{re.escape(_real(out).name)}\.stoax-(new|old)-[0-9a-f]{{16}}$")
 
 
 def _siblings(out: Path) -> list[tuple[str, Path]]:
     """``(kind, path)`` of the folders an ``--overwrite`` run keeps beside ``out``: ``new`` (the
     new run being trained) and ``old`` (the old run, on platforms that swap in two renames)."""
-    pattern, parent = _sibling_pattern(out), out.absolute().parent
+    pattern, parent = _sibling_pattern(out), _real(out).parent
     try:
         names = os.listdir(parent)
     except OSError:
@@ -308,7 +313,7 @@ def _restore_interrupted_swap(out: Path) -> None:
     old = [path for kind, path in _siblings(out) if kind == "old"]
     if len(old) == 1:
         with contextlib.suppress(OSError):  # another run may have put it back just now
-            os.rename(old[0], out)
+            os.rename(old[0], _real(out))
 
 
 def _remove_leftovers(out: Path) -> None:
@@ -334,22 +339,28 @@ def _train_beside(
             f"write ({', '.join(sorted(foreign)[:5])}). Move them out first, or choose another "
             "--out."
         )
-    parent = out.absolute().parent
+    real = _real(out)
+    if os.stat(real).st_dev != os.stat(real.parent).st_dev:
+        raise UsageError(
+            f"--overwrite swaps {out} with a new run folder made beside it, but {out} is a mount "
+            "point (another file system than its parent). Empty it by hand and run without "
+            "--overwrite, or use a folder inside it as --out."
+        )
     token = secrets.token_hex(8)
-    new = parent / f".{out.absolute().name}.stoax-new-{token}"
+    new = real.parent / f".{real.name}.stoax-new-{token}"
     new.mkdir()
     new_lock = FolderLock.acquire(new, command=_lock_command(args, out))
     try:
         result = _train(args, config, new)
-        if exchange(new, out):  # one atomic step: out is the new run, `new` the old one
+        if exchange(new, real):  # one atomic step: out is the new run, `new` the old one
             lock.moved_to(new)
-            new_lock.moved_to(out)
+            new_lock.moved_to(real)
         else:  # two renames; killed between them, the next run puts the old one back
-            old = parent / f".{out.absolute().name}.stoax-old-{token}"
-            os.rename(out, old)
+            old = real.parent / f".{real.name}.stoax-old-{token}"
+            os.rename(real, old)
             lock.moved_to(old)
-            os.rename(new, out)
-            new_lock.moved_to(out)
+            os.rename(new, real)
+            new_lock.moved_to(real)
             remove_tree(old)
         return result
     finally:

@@ -66,21 +66,24 @@ def _write_error(err: OSError, path: Path, what: str) -> OSError:
         errno.EROFS: " The file system is read-only: write elsewhere.",
     }.get(err.errno or 0, "")
     kept = f" {path} was left as it was." if path.exists() else ""
-    new = type(err)(err.errno, f"cannot write {what} {path}: {why}.{kept}{hint}")
-    new.filename = str(path)
-    return new
+    message = f"cannot write {what} {path}: {why.rstrip('.')}.{kept}{hint}"
+    return type(err)(err.errno, message) if err.errno is not None else type(err)(message)
 
 
 def _check_folder(path: Path, what: str) -> None:
     folder = path.parent
-    if not folder.is_dir():
-        problem = "is a file, not a folder" if folder.exists() else "does not exist"
-        raise FileNotFoundError(
-            errno.ENOENT,
-            f"cannot write {what} {path}: the folder {folder} {problem}. Create the folder "
-            "first (os.makedirs), or choose another path.",
-            str(path),
+    if folder.is_dir():
+        return
+    if folder.exists():
+        raise NotADirectoryError(
+            errno.ENOTDIR,
+            f"cannot write {what} {path}: {folder} is a file, not a folder. Choose another path.",
         )
+    raise FileNotFoundError(
+        errno.ENOENT,
+        f"cannot write {what} {path}: the folder {folder} does not exist. Create the folder "
+        "first (os.makedirs), or choose another path.",
+    )
 
 
 @contextlib.contextmanager
