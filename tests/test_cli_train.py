@@ -456,6 +456,11 @@ def test_sigkill_at_a_random_write_loses_nothing(short_run, tmp_path, spawn, see
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == -signal.SIGKILL, stderr.decode()
 
+    # It died writing a file: that file's temporary copy is there, in --out or, for
+    # --overwrite, in the new run's folder beside it.
+    temps = [p for p in tmp_path.rglob("*") if files.TEMP_MARK in p.name]
+    assert len(temps) == 1, temps
+
     # Right after the kill: the last good run is intact and loadable.
     if mode == "overwrite":
         assert {k: v for k, v in _snapshot(out).items() if k in before} == before
