@@ -238,6 +238,14 @@ def test_bad_seed_is_refused_before_anything_is_created(tmp_path, seed, message)
     assert not out.exists()
 
 
+def test_overwrite_with_a_bad_seed_leaves_the_old_run(short_run, tmp_path):
+    out = _copy_run(short_run, tmp_path)
+    before = _snapshot(out)
+    code, _, stderr = _main("--overwrite", "--seed=2147483648000", "--out", str(out))
+    assert code == 2 and "the seed must be in [0, 4294967295]" in stderr
+    assert _snapshot(out) == before and _leftovers(out) == ([], [])
+
+
 def _killed_lock_holder(folder):
     """A process that takes the folder's lock and is SIGKILLed holding it (the lock module is
     plain Python: loaded by path, no JAX import)."""

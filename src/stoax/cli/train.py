@@ -348,9 +348,10 @@ def _train_beside(
         )
     token = secrets.token_hex(8)
     new = real.parent / f".{real.name}.stoax-new-{token}"
-    new.mkdir()
-    new_lock = FolderLock.acquire(new, command=_lock_command(args, out))
+    new_lock = None
     try:
+        new.mkdir()
+        new_lock = FolderLock.acquire(new, command=_lock_command(args, out))
         result = _train(args, config, new)
         if exchange(new, real):  # one atomic step: out is the new run, `new` the old one
             lock.moved_to(new)
@@ -364,7 +365,8 @@ def _train_beside(
             remove_tree(old)
         return result
     finally:
-        new_lock.release()
+        if new_lock is not None:
+            new_lock.release()
         remove_tree(new)  # the old run after the swap; the unfinished new run after a failure
 
 
