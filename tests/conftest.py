@@ -21,6 +21,9 @@ def pytest_configure(config):
         "markers",
         "allow_key_reuse: run without jax_debug_key_reuse (the test reuses keys on purpose)",
     )
+    config.addinivalue_line(
+        "markers", "slow: a long end-to-end test (still run in CI; -m 'not slow' skips it)"
+    )
 
 
 @pytest.fixture(autouse=True)

@@ -1,5 +1,6 @@
 """Checkpoints: exact round trips, clear refusals of mismatched or corrupt files, atomic writes."""
 
+import errno
 import json
 import os
 
@@ -154,6 +155,147 @@ def test_failed_write_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert st.read_checkpoint_metadata(path)["v"] == 1
     assert os.listdir(tmp_path) == ["c.safetensors"]
+
+
+def _kernel_enospc(*args):
+    """Raise the kernel's own "No space left on device": a write to /dev/full."""
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.write(fd, b"x")
+    finally:
+        os.close(fd)
+    raise AssertionError("/dev/full accepted a write")  # pragma: no cover
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_full_disk_names_the_checkpoint_and_keeps_the_earlier_one(tmp_path, monkeypatch):
+    # The probe: a full disk during save raised a raw OSError about a temporary file. On file
+    # systems with delayed allocation ENOSPC surfaces at fsync; here fsync gets the kernel's
+    # genuine ENOSPC from /dev/full.
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state(), metadata={"v": 1})
+    monkeypatch.setattr(os, "fsync", _kernel_enospc)
+    with pytest.raises(OSError) as info:
+        st.save_checkpoint(path, _perturbed(_state()), metadata={"v": 2})
+    monkeypatch.undo()
+    assert info.value.errno == errno.ENOSPC
+    message = str(info.value)
+    assert f"cannot write the checkpoint {path}: No space left on device" in message
+    assert "was left as it was" in message and "Free some space" in message
+    assert ".stoax-tmp-" not in message  # the user's file, not the temporary one
+    assert st.read_checkpoint_metadata(path)["v"] == 1  # the earlier checkpoint survives
+    assert os.listdir(tmp_path) == ["c.safetensors"]  # and no temporary file is left
+
+
+def test_save_into_a_missing_folder_names_that_folder(tmp_path):
+    target = tmp_path / "no" / "such" / "c.safetensors"
+    with pytest.raises(FileNotFoundError) as info:
+        st.save_checkpoint(target, _state())
+    message = str(info.value)
+    assert f"the folder {target.parent} does not exist" in message and "os.makedirs" in message
+    assert ".stoax-tmp-" not in message and not (tmp_path / "no").exists()
+
+
+def _dead_writers_temp(folder, name="c.safetensors"):
+    # What a writer killed mid-write leaves: a temporary file nobody holds a lock on (the
+    # kernel drops a dead process's flock).
+    temp = folder / f".{name}.stoax-tmp-4242-0123abcd"
+    temp.write_bytes(b"\0" * 1000)
+    return temp
+
+
+@pytest.mark.parametrize("next_operation", ["save", "load"])
+def test_temp_file_of_a_killed_writer_is_removed(tmp_path, next_operation):
+    fcntl = pytest.importorskip("fcntl", reason="stale files are told apart by flock (POSIX)")
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state())
+    stale = _dead_writers_temp(tmp_path)
+    # A writer still at work holds the lock on its temporary file: that one must stay.
+    live = tmp_path / ".c.safetensors.stoax-tmp-99-89abcdef"
+    fd = os.open(live, os.O_WRONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        if next_operation == "save":
+            st.save_checkpoint(path, _state())
+        else:
+            st.load_checkpoint(path, _state())
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        os.close(fd)
+    assert sorted(os.listdir(tmp_path)) == [live.name, "c.safetensors"]
+
+
+def _edit_header(path, edit):
+    """Rewrite the safetensors JSON header of ``path`` through ``edit(header)``."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n :])
+
+
+def test_edited_history_is_refused_as_corrupt(tmp_path):
+    # The probe: the header (history, config) was outside the checksum, so an edited history
+    # loaded without complaint.
+    meta = {"history": [{"epoch": 1, "test_accuracy": 0.5}]}
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state(), metadata=meta)
+
+    def edit(header):
+        header["__metadata__"]["user"] = header["__metadata__"]["user"].replace("0.5", "0.99")
+
+    _edit_header(path, edit)
+    for read in (
+        lambda: st.load_checkpoint(path, _state()),
+        lambda: st.read_checkpoint_metadata(path),
+    ):
+        with pytest.raises(st.CheckpointError, match="corrupt or truncated: its header"):
+            read()
+
+
+def test_damaged_structure_field_is_corrupt_not_another_model(tmp_path):
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state())
+
+    def edit(header):
+        meta = header["__metadata__"]
+        meta["structure"] = meta["structure"].replace("[4, 8]", "[4, 9]", 1)
+
+    _edit_header(path, edit)
+    with pytest.raises(st.CheckpointError) as info:
+        st.load_checkpoint(path, _state())
+    assert "corrupt or truncated" in str(info.value)
+    assert "different model" not in str(info.value)
+
+
+def test_tensor_shape_in_the_safetensors_table_is_checked(tmp_path):
+    # The safetensors table of shapes is not under the checksum: a [4, 8] weight relabelled
+    # [8, 4] has the same bytes. It must not load as a transposed weight.
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _perturbed(_state()))
+    _edit_header(path, lambda h: h["params/layers/0/weight"].update(shape=[8, 4]))
+    with pytest.raises(st.CheckpointError, match=r"corrupt(.|\n)*params/layers/0/weight"):
+        st.load_checkpoint(path, _state())
+
+
+def test_checkpoint_of_format_1_still_loads(tmp_path):
+    # Format 1 (before the header checksum): the same file without `header_sha256`.
+    state = _perturbed(_state())
+    path = st.save_checkpoint(tmp_path / "c.safetensors", state, metadata={"v": 1})
+
+    def to_format_1(header):
+        meta = header["__metadata__"]
+        meta["format"] = "stoax.checkpoint/1"
+        del meta["header_sha256"]
+
+    _edit_header(path, to_format_1)
+    restored, meta = st.load_checkpoint(path, _state())
+    assert _bitwise_equal(restored, state) and meta == {"v": 1}
+
+
+def test_checkpoint_of_a_newer_format_asks_for_an_upgrade(tmp_path):
+    path = st.save_checkpoint(tmp_path / "c.safetensors", _state())
+    _edit_header(path, lambda h: h["__metadata__"].update(format="stoax.checkpoint/9"))
+    with pytest.raises(st.CheckpointError, match="newer stoax.*Upgrade stoax"):
+        st.load_checkpoint(path, _state())
 
 
 def test_metadata_must_be_json(tmp_path):

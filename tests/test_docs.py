@@ -272,6 +272,47 @@ def test_block_parser():
     assert blocks[0].line == 3
 
 
+def unclosed_fence(text: str) -> int | None:
+    """The 1-based line of a code fence that is never closed, or None.
+
+    CommonMark: a fence closes at a line of the same character, at least as long, with nothing
+    after it; a line like "``` text" inside a block is content, not a close -- so everything
+    after it renders as code."""
+    opened: tuple[int, str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        m = _FENCE.match(line)
+        if opened is None:
+            if m:
+                opened = (number, m["fence"])
+        elif (
+            m
+            and m["fence"][0] == opened[1][0]
+            and len(m["fence"]) >= len(opened[1])
+            and not m["info"].strip()
+        ):
+            opened = None
+    return None if opened is None else opened[0]
+
+
+@pytest.mark.parametrize(
+    "page",
+    [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))],
+    ids=_page_id,
+)
+def test_code_fences_are_closed(page: Path):
+    """An unclosed fence turns the rest of the page into one code block (docs/training.md had
+    one: a closing fence with text after it)."""
+    line = unclosed_fence(page.read_text(encoding="utf-8"))
+    assert line is None, f"{_page_id(page)}: the code fence opened at line {line} is never closed"
+
+
+def test_unclosed_fence_is_found():
+    assert unclosed_fence("a\n```python\nx = 1\n```\n\n~~~~\n```\n~~~~\n") is None
+    assert unclosed_fence("```text\nrow\n``` Because the seed...\n\nmore\n") == 1
+    assert unclosed_fence("ok\n\n````md\n```\n```\n") == 3  # a shorter fence is content
+    assert unclosed_fence('=== "Tab"\n\n    ```python\n    b = 1\n    ```\n') is None
+
+
 def test_failure_names_page_and_block(tmp_path):
     page = tmp_path / "bad.md"
     page.write_text("```python\nx = 1\n```\n\n```python\n\ny = x + undefined_name\n```\n")

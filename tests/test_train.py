@@ -149,3 +149,73 @@ def test_fit_refuses_a_batch_larger_than_the_data():
             batch_size=10,
             progress=False,
         )
+
+
+def _fit_raw(**kwargs):
+    args = {"seed": 0, "epochs": 1, "batch_size": 8, "progress": False, **kwargs}
+    return st.fit(st.TrainState.create(_model(), TX), TX, st.classification_loss, _data(16), **args)
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "error", "message"),
+    [
+        (0, ValueError, "fit: batch_size must be >= 1 (examples per step), got 0"),
+        (-4, ValueError, "fit: batch_size must be >= 1 (examples per step), got -4"),
+        (
+            2.5,
+            TypeError,
+            "fit: batch_size must be a whole number >= 1 (examples per step), got the float 2.5",
+        ),
+        (True, TypeError, "got the bool True"),
+    ],
+)
+def test_fit_refuses_a_bad_batch_size(batch_size, error, message):
+    # The probe: fit(batch_size=0) died with a ZeroDivisionError deep in the batching code.
+    with pytest.raises(error) as info:
+        _fit_raw(batch_size=batch_size)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("seed", "error", "message"),
+    [
+        (-1, ValueError, "fit: seed must be in [0, 4294967295] (2**32 - 1), got -1"),
+        (2**32, ValueError, "got 4294967296; a seed outside that range would wrap around"),
+        (1.0, TypeError, "fit: seed must be a whole number in [0, 4294967295], got the float"),
+    ],
+)
+def test_fit_refuses_a_seed_out_of_range(seed, error, message):
+    with pytest.raises(error) as info:
+        _fit_raw(seed=seed)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("seed", [2**31, 2**32 - 1])
+def test_seeds_above_int32_train_with_their_own_keys(seed):
+    # The probe: --seed=2147483648 died with an int32 OverflowError in the train step. Every
+    # uint32 seed works, and its step keys are step_key(seed, step) for the Python int.
+    def loss_fn(model, batch, *, key):
+        loss, metrics = st.classification_loss(model, batch, key=key)
+        return loss, {**metrics, "draw": jax.random.uniform(key)}
+
+    step = st.make_train_step(loss_fn, TX, seed=seed)
+    state = st.TrainState.create(_model(), TX)
+    batch = next(st.batches(_data(), 10))
+    draws = []
+    for _ in range(2):
+        state, metrics = step(state, batch)
+        draws.append(float(metrics["draw"]))
+    assert draws == [float(jax.random.uniform(stoax.step_key(seed, s))) for s in range(2)]
+
+
+def test_fit_refuses_a_state_past_the_epochs_asked_for():
+    # The probe: resuming a 3-epoch state with epochs=1 returned it silently, and the CLI wrote
+    # a results.json that contradicted itself. Equal is fine (a finished run: nothing to do).
+    state, _ = _fit(st.TrainState.create(_model(), TX), epochs=2)  # 4 steps per epoch
+    same, history = _fit(state, epochs=2)
+    assert history == [] and int(same.step) == 8
+    with pytest.raises(ValueError) as info:
+        _fit(state, epochs=1)
+    message = str(info.value)
+    assert "the state is at step 8 (2 epochs of 4 steps each), past the epochs=1" in message
+    assert "pass epochs >= 2" in message

@@ -19,10 +19,13 @@ SUBCOMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from stoax import __version__
+
     parser = argparse.ArgumentParser(
         prog="stoax",
         description="stoax: neural-network modules for JAX with randomness you can trust.",
     )
+    parser.add_argument("--version", action="version", version=f"stoax {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_module, help_text) in SUBCOMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -39,7 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     parser = argparse.ArgumentParser(prog=f"stoax {name}", description=SUBCOMMANDS[name][1])
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C: a line, not a traceback
+        print(f"stoax {name}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

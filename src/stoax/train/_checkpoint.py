@@ -9,9 +9,14 @@ The file holds every array leaf of a pytree (a :class:`~stoax.train.TrainState`:
 other model arrays, optimiser state, step) under its pytree path (``params/layers/0/weight``).
 Typed key arrays are stored as their ``uint32`` key data, with the PRNG implementation in the
 metadata. The metadata also holds the format, the stoax version, the step, the structure (name,
-dtype, shape of every tensor) with its fingerprint, a SHA-256 of the tensor bytes, and the
-caller's own JSON metadata. Loading needs a *template* -- a pytree built the way the saved one was
-(or its ``jax.eval_shape``) -- and refuses a file whose structure differs, naming the difference.
+dtype, shape of every tensor) with its fingerprint, a SHA-256 of the tensor bytes, the caller's
+own JSON metadata, and a SHA-256 of all of these (the header checksum): a damaged or edited
+header -- the training history, the structure -- is refused as corrupt, like damaged tensors.
+Loading needs a *template* -- a pytree built the way the saved one was (or its
+``jax.eval_shape``) -- and refuses a file whose structure differs, naming the difference.
+
+Files of format ``stoax.checkpoint/1`` (stoax before the header checksum) still load; only their
+tensors are checked.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,10 +35,12 @@ import numpy as np
 
 from stoax.keys import is_key
 from stoax.train._extras import require
+from stoax.train._files import atomic_write, remove_stale_temps
 
 __all__ = ["CheckpointError", "load_checkpoint", "read_checkpoint_metadata", "save_checkpoint"]
 
-FORMAT = "stoax.checkpoint/1"
+FORMAT = "stoax.checkpoint/2"
+LEGACY_FORMAT = "stoax.checkpoint/1"  # no header checksum
 T = TypeVar("T")
 
 
@@ -46,8 +54,11 @@ def save_checkpoint(
 ) -> Path:
     """Write ``tree`` (e.g. a :class:`~stoax.train.TrainState`) to ``path`` as safetensors.
 
-    The write is atomic: the file is written beside ``path`` under a temporary name, flushed to
-    disk and renamed over ``path``, so a crash never leaves a half-written checkpoint.
+    The write is atomic: the file is written beside ``path`` under a hidden temporary name,
+    flushed to disk and renamed over ``path``, so a crash never leaves a half-written checkpoint,
+    and a failed write (a full disk) raises an ``OSError`` naming ``path`` and leaves the
+    checkpoint that was there as it was. A temporary file left by a writer that was killed is
+    removed by the next save or load in that folder. The folder must exist.
     ``metadata`` is any JSON-serialisable mapping (a config, the metrics so far); it comes back
     from :func:`load_checkpoint` and :func:`read_checkpoint_metadata`.
 
@@ -81,17 +92,10 @@ def save_checkpoint(
         "sha256": _digest(tensors),
         "user": user,
     }
+    header["header_sha256"] = _header_digest(header)
     data = save(tensors, metadata=header)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_write(path, what="the checkpoint") as f:
+        f.write(data)
     return path
 
 
@@ -119,6 +123,7 @@ def load_checkpoint(path: str | os.PathLike, like: T) -> tuple[T, dict[str, Any]
     """
     path = Path(path)
     header = _read_header(path)
+    remove_stale_temps(path.parent)
     expected, expected_keys = _structure_of(like)
     try:
         stored = [tuple(entry) for entry in json.loads(header["structure"])]
@@ -129,7 +134,7 @@ def load_checkpoint(path: str | os.PathLike, like: T) -> tuple[T, dict[str, Any]
     for name in expected_keys:
         if name not in stored_keys:
             raise _mismatch(path, [f"{name}: the template holds a key array, the file does not"])
-    tensors = _read_tensors(path, [name for name, _, _ in stored])
+    tensors = _read_tensors(path, stored)
     if _digest({k: np.asarray(v) for k, v in tensors.items()}) != header.get("sha256"):
         raise _corrupt(path, "its tensor data does not match the checksum written with it")
 
@@ -183,6 +188,11 @@ def _digest(tensors: Mapping[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _header_digest(header: Mapping[str, str]) -> str:
+    fields = {k: v for k, v in header.items() if k != "header_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
 def _version() -> str:
     from stoax import __version__
 
@@ -201,7 +211,22 @@ def _read_header(path: Path) -> dict[str, str]:
             header = f.metadata() or {}
     except Exception as err:  # safetensors raises its own SafetensorError (and OSError)
         raise _corrupt(path, f"it is not a readable safetensors file ({err})") from None
-    if header.get("format") != FORMAT:
+    found = header.get("format")
+    if found == FORMAT:
+        if header.get("header_sha256") != _header_digest(header):
+            raise _corrupt(
+                path,
+                "its header (metadata, training history, structure) does not match the checksum "
+                "written with it",
+            )
+    elif found != LEGACY_FORMAT:
+        if isinstance(found, str) and re.fullmatch(r"stoax\.checkpoint/\d+", found):
+            raise CheckpointError(
+                f"{path} is a checkpoint of format {found!r}, written by a newer stoax than this "
+                f"one ({_version()}, which reads {FORMAT!r}). Upgrade stoax to load it."
+            )
+        if "header_sha256" in header or "structure" in header:
+            raise _corrupt(path, f"its format field is damaged ({found!r})")
         raise CheckpointError(
             f"{path} is a safetensors file but not a stoax checkpoint (its metadata has no "
             f"format {FORMAT!r}). Load it with safetensors directly, or point at a file written "
@@ -210,13 +235,25 @@ def _read_header(path: Path) -> dict[str, str]:
     return header
 
 
-def _read_tensors(path: Path, names: list[str]) -> dict[str, jax.Array]:
+def _read_tensors(path: Path, stored: list[tuple[Any, ...]]) -> dict[str, jax.Array]:
+    """The tensors named in the (checksummed) structure, each checked against its stored dtype
+    and shape: the safetensors file's own table of shapes is not covered by a checksum."""
     safe_open = require("safetensors", "load_checkpoint").safe_open
     try:
         with safe_open(path, framework="flax") as f:
-            return {name: f.get_tensor(name) for name in names}
+            tensors = {name: f.get_tensor(name) for name, _, _ in stored}
     except Exception as err:
         raise _corrupt(path, f"its tensors cannot be read ({err})") from None
+    for name, dtype, shape in stored:
+        tensor = tensors[name]
+        is_key_data = dtype.startswith("key<")
+        if list(tensor.shape) != list(shape) or (not is_key_data and str(tensor.dtype) != dtype):
+            raise _corrupt(
+                path,
+                f"the tensor {name!r} is stored as {tensor.dtype}{list(tensor.shape)}, but its "
+                f"header says {dtype}{list(shape)}",
+            )
+    return tensors
 
 
 def _user(header: Mapping[str, str], path: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import jax
 import numpy as np
 
-__all__ = ["batches", "num_batches", "dataset_size"]
+__all__ = ["batches", "check_batch_size", "num_batches", "dataset_size"]
 
 T = TypeVar("T")
 
@@ -29,8 +29,30 @@ def dataset_size(data: Any) -> int:
     return sizes.pop()
 
 
+def check_batch_size(batch_size: Any, caller: str) -> int:
+    """``batch_size`` as an int, if it is a whole number >= 1; otherwise a ``TypeError`` or
+    ``ValueError`` naming ``caller``'s ``batch_size`` argument.
+
+    Example:
+        >>> from stoax.train._data import check_batch_size
+        >>> check_batch_size(32, "fit")
+        32
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer):
+        raise TypeError(
+            f"{caller}: batch_size must be a whole number >= 1 (examples per step), got the "
+            f"{type(batch_size).__name__} {batch_size!r}."
+        )
+    if batch_size < 1:
+        raise ValueError(
+            f"{caller}: batch_size must be >= 1 (examples per step), got {int(batch_size)}."
+        )
+    return int(batch_size)
+
+
 def num_batches(data: Any, batch_size: int, *, drop_last: bool = False) -> int:
     """How many batches :func:`batches` yields for ``data``."""
+    batch_size = check_batch_size(batch_size, "stoax.train.num_batches")
     n = dataset_size(data)
     return n // batch_size if drop_last else -(-n // batch_size)
 
@@ -62,8 +84,7 @@ def batches(
         >>> a == [b["x"].tolist() for b in batches(data, 2, seed=0, epoch=3, drop_last=True)]
         True
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"stoax.train.batches: batch_size must be >= 1, got {batch_size}.")
+    batch_size = check_batch_size(batch_size, "stoax.train.batches")
     n = dataset_size(data)
     if seed is None:
         order = np.arange(n)

@@ -9,10 +9,10 @@ import jax
 import numpy as np
 import optax
 
-from stoax.train._data import batches, num_batches
+from stoax.train._data import batches, check_batch_size, dataset_size, num_batches
 from stoax.train._extras import require
 from stoax.train._state import TrainState
-from stoax.train._step import LossFn, make_eval_step, make_train_step
+from stoax.train._step import LossFn, check_seed, make_eval_step, make_train_step
 
 __all__ = ["evaluate", "fit"]
 
@@ -64,11 +64,14 @@ def fit(
     """Train ``state`` until ``epochs`` epochs are done; return the final state and one metrics
     record per epoch run.
 
+    ``epochs`` counts every epoch of the run, those ``state`` has already done included.
     Training continues from ``state.step``: a state restored from a checkpoint picks up at its
     epoch (mid-epoch too, skipping the batches already seen), with the same batches
     (:func:`batches` seeded by ``(seed, epoch)``) and the same keys (``step_key(seed, step)``) as
-    an uninterrupted run -- the result is bitwise the same. The model is used in the mode it is
-    in; make it with dropout in training mode (the default).
+    an uninterrupted run -- the result is bitwise the same. A state exactly at the end of
+    ``epochs`` comes back unchanged with an empty history; one past it is refused with a
+    ``ValueError`` (training cannot be undone). The model is used in the mode it is in; make it
+    with dropout in training mode (the default).
 
     After each epoch the model is evaluated in evaluation mode on every ``eval_data`` set; the
     record holds ``epoch``, ``step``, the running means over the epoch's training batches
@@ -93,18 +96,32 @@ def fit(
         >>> int(state.step), [r["epoch"] for r in history], "train_accuracy" in history[0]
         (8, [1, 2], True)
     """
-    if epochs < 0:
-        raise ValueError(f"stoax.train.fit: epochs must be >= 0, got {epochs}.")
+    batch_size = check_batch_size(batch_size, "stoax.train.fit")
+    seed = check_seed(seed, "stoax.train.fit")
+    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer) or epochs < 0:
+        raise ValueError(
+            f"stoax.train.fit: epochs must be a whole number >= 0 (the total number of epochs, "
+            f"counting those the state has done), got {epochs!r}."
+        )
     steps_per_epoch = num_batches(train_data, batch_size, drop_last=True)
     if steps_per_epoch == 0:
         raise ValueError(
             f"stoax.train.fit: batch_size={batch_size} is larger than the training set "
-            f"({num_batches(train_data, 1)} examples); no full batch to train on."
+            f"({dataset_size(train_data)} examples); no full batch to train on. Pass a smaller "
+            "batch_size."
+        )
+    start = int(state.step)
+    first_epoch, skip = divmod(start, steps_per_epoch)
+    if start > epochs * steps_per_epoch:
+        done = f"{first_epoch} epochs" + (f" and {skip} steps" if skip else "")
+        raise ValueError(
+            f"stoax.train.fit: the state is at step {start} ({done} of {steps_per_epoch} steps "
+            f"each), past the epochs={epochs} asked for. `epochs` counts every epoch of the run, "
+            f"those already done included, and training cannot be undone: pass epochs >= "
+            f"{-(-start // steps_per_epoch)} to continue, or start from a fresh state."
         )
     train_step = make_train_step(loss_fn, tx, seed=seed)
     eval_step = make_eval_step(loss_fn)
-    start = int(state.step)
-    first_epoch, skip = divmod(start, steps_per_epoch)
     history: list[Record] = []
     bar = _progress_bar(progress, total=epochs * steps_per_epoch, initial=start, desc=description)
     try:

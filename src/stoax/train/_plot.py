@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from stoax.train._extras import require
+from stoax.train._files import atomic_write
 
 __all__ = ["plot_history"]
 
@@ -22,7 +23,8 @@ def plot_history(
 
     ``histories`` maps a run's label to its records (as :func:`stoax.train.fit` returns them);
     for each evaluation set in ``sets`` the curves ``{set}_accuracy`` and ``{set}_loss`` are drawn,
-    one colour per run, one line style per set.
+    one colour per run, one line style per set. The file is written atomically (a temporary file
+    renamed over ``path``), like a checkpoint.
 
     Example:
         >>> import os, tempfile
@@ -58,6 +60,9 @@ def plot_history(
         ax.legend(fontsize="small")
     fig.suptitle(title)
     path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path, what="the plot") as f:  # a crash never leaves half a PNG
+            fig.savefig(f, dpi=120, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
     return path

@@ -22,7 +22,9 @@ from stoax._partition import combine
 from stoax.keys import step_key
 from stoax.train._state import TrainState
 
-__all__ = ["LossFn", "classification_loss", "make_eval_step", "make_train_step"]
+__all__ = ["LossFn", "check_seed", "classification_loss", "make_eval_step", "make_train_step"]
+
+MAX_SEED = 2**32 - 1
 
 Metrics = dict[str, jax.Array]
 LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
@@ -75,9 +77,8 @@ def make_train_step(
         >>> int(state.step), sorted(metrics)
         (1, ['accuracy', 'loss'])
     """
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise TypeError(f"make_train_step: seed must be an int, got {type(seed).__name__}.")
-    seed_array = jnp.asarray(seed, jnp.int32)  # the same key(seed) as the Python int gives
+    seed_array = jnp.asarray(check_seed(seed, "make_train_step"), jnp.uint32)
+    # a uint32 array gives the same key(seed) as the Python int, over the whole seed range
     return lambda state, batch: _train_step(state, batch, seed_array, loss_fn=loss_fn, tx=tx)
 
 
@@ -95,6 +96,29 @@ def _train_step(
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
     return new_state, {"loss": loss, **metrics}
+
+
+def check_seed(seed: Any, caller: str) -> int:
+    """``seed`` as an int, if it is a whole number in ``[0, 2**32 - 1]`` (the range of a uint32,
+    the seeds JAX's keys and NumPy's generators both take without wrapping around); otherwise a
+    ``TypeError`` or ``ValueError`` naming ``caller``'s ``seed`` argument.
+
+    Example:
+        >>> from stoax.train._step import check_seed
+        >>> check_seed(7, "fit")
+        7
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(
+            f"{caller}: seed must be a whole number in [0, {MAX_SEED}], got the "
+            f"{type(seed).__name__} {seed!r}."
+        )
+    if not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(
+            f"{caller}: seed must be in [0, {MAX_SEED}] (2**32 - 1), got {int(seed)}; a seed "
+            "outside that range would wrap around onto another seed. Pick a seed in the range."
+        )
+    return int(seed)
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Any], Metrics]:
