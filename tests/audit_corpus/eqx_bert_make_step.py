@@ -71,8 +71,14 @@ class AttentionBlock(eqx.Module):
 
     def __init__(self, key):
         self.attention = eqx.nn.MultiheadAttention(
-            HEADS, HIDDEN, dropout_p=RATE, use_query_bias=True, use_key_bias=True,
-            use_value_bias=True, use_output_bias=True, key=key,
+            HEADS,
+            HIDDEN,
+            dropout_p=RATE,
+            use_query_bias=True,
+            use_key_bias=True,
+            use_value_bias=True,
+            use_output_bias=True,
+            key=key,
         )
         self.layernorm = eqx.nn.LayerNorm(HIDDEN)
         self.dropout = eqx.nn.Dropout(RATE)
@@ -163,7 +169,11 @@ def audit_target():
     p_make_step = eqx.filter_pmap(functools.partial(make_step, tx=tx), axis_name="devices")
     n = jax.local_device_count()
     replicate = lambda tree: jax.tree.map(  # noqa: E731 - jax.device_put_replicated on shapes
-        lambda x: jax.ShapeDtypeStruct((n, *x.shape), x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x,
+        lambda x: (
+            jax.ShapeDtypeStruct((n, *x.shape), x.dtype)
+            if isinstance(x, jax.ShapeDtypeStruct)
+            else x
+        ),
         tree,
     )
     inputs = {

@@ -123,8 +123,9 @@ def step_generator(generator, discriminator, g_optimizer, g_opt_state, d_state, 
     return loss, generator, opt_state, d_state, g_state, key
 
 
-def train_iteration(generator, discriminator, g_opt_state, d_opt_state, g_state, d_state,
-                    real_batch, key):
+def train_iteration(
+    generator, discriminator, g_opt_state, d_opt_state, g_state, d_state, real_batch, key
+):
     d_loss, discriminator, d_opt_state, g_state, d_state, key = step_discriminator(
         discriminator, generator, real_batch, D_OPTIMIZER, d_opt_state, g_state, d_state, key
     )

@@ -25,9 +25,9 @@ class DecoderBlock(nn.Module):
     @nn.compact
     def __call__(self, x, mask, deterministic):
         y = nn.LayerNorm()(x)
-        y = nn.SelfAttention(
-            num_heads=HEADS, dropout_rate=self.rate, deterministic=deterministic
-        )(y, mask=mask)
+        y = nn.SelfAttention(num_heads=HEADS, dropout_rate=self.rate, deterministic=deterministic)(
+            y, mask=mask
+        )
         x = x + nn.Dropout(self.rate)(y, deterministic=deterministic)
         y = nn.Dense(2 * WIDTH)(nn.LayerNorm()(x))
         y = nn.Dropout(self.rate)(nn.relu(y), deterministic=deterministic)

@@ -55,7 +55,9 @@ class CTable:
 def decode(params, inputs, decode_rng, ctable):
     init_decoder_input = ctable.one_hot(jnp.array([4]))
     init_decoder_inputs = jnp.tile(init_decoder_input, (inputs.shape[0], ctable.max_output_len, 1))
-    return Seq2seq().apply({"params": params}, inputs, init_decoder_inputs, rngs={"lstm": decode_rng})
+    return Seq2seq().apply(
+        {"params": params}, inputs, init_decoder_inputs, rngs={"lstm": decode_rng}
+    )
 
 
 def decode_batch(params, step, inputs, decode_rng, ctable):

@@ -78,9 +78,7 @@ def setup():
     answer = jax.nn.one_hot(jnp.ones((2, OUT_LEN), jnp.int32), VOCAB)
     model = Seq2seq()
     params = model.init({"params": rng1, "lstm": rng2}, query, answer)["params"]
-    state = train_state.TrainState.create(
-        apply_fn=model.apply, params=params, tx=optax.adam(1e-3)
-    )
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=optax.adam(1e-3))
     return state, {"query": query, "answer": answer}
 
 

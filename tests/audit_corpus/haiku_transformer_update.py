@@ -40,7 +40,9 @@ def forward_pass(tokens):
     for _ in range(LAYERS):
         norm = hk.LayerNorm(axis=-1, create_scale=True, create_offset=True)
         attn = hk.MultiHeadAttention(
-            num_heads=HEADS, key_size=4, model_size=MODEL,
+            num_heads=HEADS,
+            key_size=4,
+            model_size=MODEL,
             w_init=hk.initializers.VarianceScaling(2 / LAYERS),
         )
         h_norm = norm(h)
