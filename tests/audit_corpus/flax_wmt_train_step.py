@@ -15,7 +15,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import jax_utils
 from flax.training import train_state
 
 VOCAB, WIDTH, LENGTH = 9, 8, 4

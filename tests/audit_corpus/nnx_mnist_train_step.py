@@ -12,7 +12,6 @@ state that ``nnx.jit`` carries from one step to the next. Tiny sizes.
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx

@@ -1,0 +1,96 @@
+"""``stoax.audit`` on reproductions of public bug reports: each found, with the right kind, on
+the right line.
+
+Each file of ``tests/audit_bugs/`` reproduces one reported randomness bug in a few lines, names
+its thread (``THREAD``, an issue, pull request or discussion) and the finding kind it must give
+(``KIND``). The line the finding must point at ends with ``# BUG``; a line that the finding must
+name as related (the first use of a reused key) ends with ``# BUG-RELATED``. Each file's
+``audit_target()`` is also a command-line target (``stoax audit FILE.py:audit_target``).
+
+The reproductions in ``XFAIL`` are bugs the analyser still misses (issue 12, "Misses"); each
+names its miss, and ``strict=True`` makes the test fail as soon as it is found, so the entry is
+removed then.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import stoax
+from stoax.cli.audit import load_target
+
+BUGS = Path(__file__).parent / "audit_bugs"
+REPRODUCTIONS = sorted(BUGS.glob("*.py"))
+
+# reproduction (file stem) -> what the analyser misses (issue 12)
+XFAIL: dict[str, str] = {
+    "blackjax_53_consumed_and_carried": (
+        "miss: a key consumed in a while_loop body and also carried to the next iteration, "
+        "where it is split again"
+    ),
+    "jax_13341_split_equals_fold_in": (
+        "miss: keys equal by value (split(k)[0] == fold_in(k, 0) under partitionable threefry)"
+    ),
+    "jax_19520_fold_in_same_step_twice": "miss: the same traced int32 step folded in twice",
+}
+
+
+def _lines(path: Path, marker: str) -> list[int]:
+    return [
+        i
+        for i, text in enumerate(path.read_text().splitlines(), 1)
+        if text.rstrip().endswith(marker)
+    ]
+
+
+def _param(path: Path):
+    marks = [pytest.mark.allow_key_reuse]
+    if path.stem in XFAIL:
+        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[path.stem]))
+    return pytest.param(path, id=path.stem, marks=marks)
+
+
+@pytest.mark.parametrize("path", [_param(p) for p in REPRODUCTIONS])
+def test_reported_bug_is_found_with_its_kind_on_its_line(path):
+    fn, args, kwargs = load_target(f"{path}:audit_target")
+    kind = _module_constant(path, "KIND")
+    (bug_line,) = _lines(path, "# BUG")
+    related = set(_lines(path, "# BUG-RELATED"))
+    report = stoax.audit(fn, *args, **kwargs)
+    here = str(path.resolve())
+
+    def at_bug(finding):
+        loc = finding.location
+        return loc is not None and loc.file == here and loc.line == bug_line
+
+    found = [f for f in report.of_kind(kind) if at_bug(f)]
+    assert found, f"no {kind} at {path.name}:{bug_line}\n{report}"
+    named = {r.line for r in found[0].related if r.file == here}
+    assert related <= named, f"{path.name}: {sorted(related)} not named as related\n{report}"
+
+
+def _module_constant(path: Path, name: str) -> str:
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == name for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"{path.name} defines no {name}")
+
+
+def test_every_reproduction_names_its_thread_and_a_known_kind():
+    assert len(REPRODUCTIONS) >= 15
+    for path in REPRODUCTIONS:
+        thread = _module_constant(path, "THREAD")
+        assert thread.startswith("https://github.com/"), path.name
+        assert "/issues/" in thread or "/pull/" in thread or "/discussions/" in thread
+        doc = ast.get_docstring(ast.parse(path.read_text()))
+        assert doc and thread in doc, f"{path.name}: the docstring must cite {thread}"
+        assert _module_constant(path, "KIND") in stoax.audit.KINDS, path.name
+        assert len(_lines(path, "# BUG")) == 1, f"{path.name}: exactly one '# BUG' line"
+    threads = [_module_constant(p, "THREAD") for p in REPRODUCTIONS]
+    assert len(set(threads)) == len(threads), "one reproduction per thread"
+    assert set(XFAIL) <= {p.stem for p in REPRODUCTIONS}
