@@ -16,7 +16,7 @@ pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
-USER_TESTS = '''
+USER_TESTS = """
 import jax
 import jax.numpy as jnp
 
@@ -54,7 +54,7 @@ def test_warnings_allowed(stoax_audit):
 
 def test_warnings_fail_by_default(stoax_audit):
     stoax_audit(shared, jnp.ones((3, 4)), jax.random.key(1))
-'''
+"""
 
 
 def test_fixture_fails_a_buggy_step_with_the_report_and_passes_a_clean_one(pytester):
