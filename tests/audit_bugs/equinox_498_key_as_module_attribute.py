@@ -52,7 +52,11 @@ def train_epoch(model, opt_state, xs, ys):
     return params, opt_state
 
 
-def audit_target():
+def setup():
     model = Net(jax.random.PRNGKey(0))
-    opt_state = OPTIM.init(eqx.filter(model, eqx.is_inexact_array))
+    return model, OPTIM.init(eqx.filter(model, eqx.is_inexact_array))
+
+
+def audit_target():
+    model, opt_state = eqx.filter_eval_shape(setup)  # shapes only: the audit traces
     return train_epoch, (model, opt_state, jnp.ones((3, 5, 4)), jnp.zeros((3, 5, 2)))

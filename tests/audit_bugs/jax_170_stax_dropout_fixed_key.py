@@ -30,5 +30,5 @@ init_fun, apply_fun = stax.serial(stax.Dense(8), stax.Relu, Dropout(0.6), stax.D
 
 
 def audit_target():
-    _, params = init_fun(random.PRNGKey(1), (-1, 4))
+    params = jax.eval_shape(lambda k: init_fun(k, (-1, 4))[1], random.PRNGKey(1))  # shapes
     return jax.jit(apply_fun), (params, jnp.ones((2, 4)))

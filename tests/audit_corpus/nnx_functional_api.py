@@ -29,7 +29,7 @@ class MLP(nnx.Module):
         self.linear2 = nnx.Linear(dhidden, dout, rngs=rngs)
 
     def __call__(self, x):
-        self.count.value += 1
+        self.count[...] += 1
         return self.linear2(self.dropout(jax.nn.relu(self.linear1(x) * 0.5)))
 
 
