@@ -3,9 +3,11 @@ the right line.
 
 Each file of ``tests/audit_bugs/`` reproduces one reported randomness bug in a few lines, names
 its thread (``THREAD``, an issue, pull request or discussion) and the finding kind it must give
-(``KIND``). The line the finding must point at ends with ``# BUG``; a line that the finding must
-name as related (the first use of a reused key) ends with ``# BUG-RELATED``. Each file's
-``audit_target()`` is also a command-line target (``stoax audit FILE.py:audit_target``).
+(``KIND``). A few are bugs the audit corpus found in public example code that nobody has
+reported yet: they name that code (``SOURCE``) instead of a thread. The line the finding must
+point at ends with ``# BUG``; a line that the finding must name as related (the first use of a
+reused key) ends with ``# BUG-RELATED``. Each file's ``audit_target()`` is also a command-line
+target (``stoax audit FILE.py:audit_target``).
 
 The reproductions in ``XFAIL`` are bugs the analyser still misses (issue 12, "Misses"); each
 names its miss, and ``strict=True`` makes the test fail as soon as it is found, so the entry is
@@ -35,6 +37,10 @@ XFAIL: dict[str, str] = {
         "miss: keys equal by value (split(k)[0] == fold_in(k, 0) under partitionable threefry)"
     ),
     "jax_19520_fold_in_same_step_twice": "miss: the same traced int32 step folded in twice",
+    "equinox_diffusion_example_splits_key_twice": (
+        "crash: the Equinox step returns a model with non-array leaves (eqx.nn.MLP's "
+        "activation): tracing the outputs fails"
+    ),
 }
 
 
@@ -72,25 +78,34 @@ def test_reported_bug_is_found_with_its_kind_on_its_line(path):
     assert related <= named, f"{path.name}: {sorted(related)} not named as related\n{report}"
 
 
-def _module_constant(path: Path, name: str) -> str:
+def _module_constant(path: Path, name: str, default: object = AssertionError) -> object:
     for node in ast.parse(path.read_text()).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == name for t in node.targets
         ):
             return ast.literal_eval(node.value)
-    raise AssertionError(f"{path.name} defines no {name}")
+    if default is AssertionError:
+        raise AssertionError(f"{path.name} defines no {name}")
+    return default
 
 
 def test_every_reproduction_names_its_thread_and_a_known_kind():
-    assert len(REPRODUCTIONS) >= 15
+    threads = []
     for path in REPRODUCTIONS:
-        thread = _module_constant(path, "THREAD")
-        assert thread.startswith("https://github.com/"), path.name
-        assert "/issues/" in thread or "/pull/" in thread or "/discussions/" in thread
+        thread = _module_constant(path, "THREAD", None)
+        source = _module_constant(path, "SOURCE", None)
+        assert (thread is None) != (source is None), f"{path.name}: THREAD or SOURCE, not both"
+        if thread is not None:
+            assert thread.startswith("https://github.com/"), path.name
+            assert any(part in thread for part in ("/issues/", "/pull/", "/discussions/"))
+            threads.append(thread)
+        else:
+            assert source.startswith("https://github.com/") and "/blob/" in source, path.name
         doc = ast.get_docstring(ast.parse(path.read_text()))
-        assert doc and thread in doc, f"{path.name}: the docstring must cite {thread}"
+        cited = thread or source
+        assert doc and cited in doc, f"{path.name}: the docstring must cite {cited}"
         assert _module_constant(path, "KIND") in stoax.audit.KINDS, path.name
         assert len(_lines(path, "# BUG")) == 1, f"{path.name}: exactly one '# BUG' line"
-    threads = [_module_constant(p, "THREAD") for p in REPRODUCTIONS]
+    assert len(threads) >= 15, "at least 15 reproductions of public bug reports"
     assert len(set(threads)) == len(threads), "one reproduction per thread"
     assert set(XFAIL) <= {p.stem for p in REPRODUCTIONS}

@@ -1,9 +1,14 @@
-"""Equinox score-based diffusion: the training step (returns the updated model and the next key).
+"""Equinox score-based diffusion example: the training step splits its key twice.
 
-Source: patrick-kidger/equinox, docs/examples/score_based_diffusion.ipynb (``single_loss_fn``,
-``batch_loss_fn``, ``make_step``, ``main``).
+Source: https://github.com/patrick-kidger/equinox/blob/main/docs/examples/score_based_diffusion.ipynb
+(``single_loss_fn``, ``batch_loss_fn``, ``make_step``, ``main``) -- found by the audit corpus, not
+reported upstream (no thread yet).
 
-Randomness as in the example: ``batch_loss_fn`` splits its key into ``tkey, losskey``, splits
+``make_step`` hands ``key`` to the loss, which splits it (``tkey, losskey = jr.split(key)``), and
+then advances with ``key = jr.split(key, 1)[0]`` -- a second split of the same key. With JAX's
+default (partitionable) threefry, ``split(key, 1)[0] == split(key, 2)[0]``: the next step's key
+*is* this step's ``tkey``, already consumed by ``jr.uniform``. Everything else is as in the
+example: ``batch_loss_fn`` splits its key into ``tkey, losskey``, splits
 ``losskey`` into one key per example, draws low-discrepancy times with ``jr.uniform(tkey, ...)``
 and, under ``jax.vmap``, each example's noise with ``jr.normal(key, data.shape)``; ``make_step``
 (``eqx.filter_jit``) then advances its key with ``key = jr.split(key, 1)[0]`` and returns it with
@@ -20,6 +25,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import optax
 
+SOURCE = (
+    "https://github.com/patrick-kidger/equinox/blob/main/docs/examples/score_based_diffusion.ipynb"
+)
+KIND = "reused_key"
 SHAPE = (1, 3, 3)
 
 
@@ -48,7 +57,7 @@ def single_loss_fn(model, weight, int_beta, data, t, key):
 
 def batch_loss_fn(model, weight, int_beta, data, t1, key):
     batch_size = data.shape[0]
-    tkey, losskey = jr.split(key)
+    tkey, losskey = jr.split(key)  # BUG-RELATED
     losskey = jr.split(losskey, batch_size)
     t = jr.uniform(tkey, (batch_size,), minval=0, maxval=t1 / batch_size)
     t = t + (t1 / batch_size) * jnp.arange(batch_size)
@@ -62,7 +71,7 @@ def make_step(model, weight, int_beta, data, t1, key, opt_state, opt_update):
     loss, grads = loss_fn(model, weight, int_beta, data, t1, key)
     updates, opt_state = opt_update(grads, opt_state)
     model = eqx.apply_updates(model, updates)
-    key = jr.split(key, 1)[0]
+    key = jr.split(key, 1)[0]  # BUG
     return loss, model, key, opt_state
 
 
