@@ -71,7 +71,7 @@ def test_fixture_fails_a_buggy_step_with_the_report_and_passes_a_clean_one(pytes
 
 def test_plugin_is_a_pytest11_entry_point_and_imports_nothing_heavy():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["entry-points"]["pytest11"] == {"stoax": "stoax_pytest"}
+    assert project["project"]["entry-points"]["pytest11"] == {"stoax_pytest": "stoax_pytest"}
     code = (
         "import sys, stoax_pytest\n"
         "heavy = [m for m in ('jax', 'stoax', 'numpy', 'flax') if m in sys.modules]\n"
@@ -96,3 +96,44 @@ def test_enabled_without_the_entry_point(pytester, spelling):
     else:
         result = pytester.runpytest("-p", "stoax_pytest", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
+
+
+def _fake_installation(root: Path) -> Path:
+    """A ``.dist-info`` with the project's ``pytest11`` entry points, as pip writes it."""
+    site = root / "site"
+    info = site / "stoax_entry_points-0.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: stoax-entry-points\nVersion: 0.0\n"
+    )
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    lines = [f"{k} = {v}" for k, v in project["project"]["entry-points"]["pytest11"].items()]
+    (info / "entry_points.txt").write_text("[pytest11]\n" + "\n".join(lines) + "\n")
+    return site
+
+
+@pytest.mark.parametrize("extra", [[], ["-p", "stoax_pytest"]])
+def test_installed_entry_point_gives_the_fixture_once(tmp_path, extra):
+    # Installed, the plugin loads by itself; enabling it again by name (-p) must not register it
+    # a second time.
+    site = _fake_installation(tmp_path)
+    (tmp_path / "test_uses_fixture.py").write_text(
+        "import sys\n\n"
+        "def test_fixture(stoax_audit, pytestconfig):\n"
+        "    assert type(stoax_audit).__name__ == 'StoaxAudit'\n"
+        "    assert pytestconfig.pluginmanager.has_plugin('stoax_pytest')\n"
+        "    assert 'jax' not in sys.modules  # nothing heavy until the fixture audits\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(site)]))
+    env.pop("PYTEST_DISABLE_PLUGIN_AUTOLOAD", None)
+    env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 passed" in proc.stdout
