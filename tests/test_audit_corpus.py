@@ -118,3 +118,13 @@ def test_a_constant_key_in_an_nnx_step_that_updates_in_place_is_found():
         if text.rstrip().endswith("# BUG: the same dropout masks at every step")
     )
     assert report.findings[0].location.line == bug_line, str(report)
+
+
+def test_corpus_and_bug_files_are_command_line_targets(capsys):
+    from stoax.cli import main
+
+    assert main(["audit", f"{CORPUS / 'haiku_vae_update.py'}:audit_target"]) == 0
+    assert "no randomness problems found" in capsys.readouterr().out
+    bug = CORPUS.parent / "audit_bugs" / "jax_2009_uniform_twice.py"
+    assert main(["audit", "--format", "github", f"{bug}:audit_target"]) == 1
+    assert capsys.readouterr().out.startswith("::error file=")

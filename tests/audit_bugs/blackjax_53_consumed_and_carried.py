@@ -3,9 +3,9 @@
 Thread: https://github.com/blackjax-devs/blackjax/issues/53 ("reuse of a prng key in
 expand_once()"): "the key ``rng_key`` ... is used twice: in the call to trajectory_integrator and
 as an element of the loop state returned ... thus, it is reused in the next iteration for
-splitting." JAX's ``jax_debug_key_reuse`` does not catch it either. The finding points at the split that,
-in the next iteration, consumes the carried key a second time, and names the draw that consumed
-it first.
+splitting." JAX's ``jax_debug_key_reuse`` does not catch it either. The finding points at the
+split that, in the next iteration, consumes the carried key a second time, and names the draw
+that consumed it first.
 """
 
 import jax

@@ -9,8 +9,6 @@ gives every device its own key; the step is ``jax.pmap``-ed over ``axis_name="ba
 ``rngs={"dropout": dropout_rng}``; gradients are ``lax.pmean``-ed. Tiny sizes, one device.
 """
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -73,5 +71,5 @@ def setup():
 
 def audit_target():
     state, batch, dropout_rngs = jax.eval_shape(setup)  # shapes only: the audit traces
-    p_train_step = jax.pmap(functools.partial(train_step), axis_name="batch", donate_argnums=(0,))
+    p_train_step = jax.pmap(train_step, axis_name="batch", donate_argnums=(0,))
     return p_train_step, (state, batch), {"dropout_rng": dropout_rngs}
