@@ -12,7 +12,7 @@ attention's own dropout and the residual dropout, one key per sequence position 
 feed-forward block (``jax.random.split(ff_key, num=seq_len)`` under ``jax.vmap``), and
 ``cl_key, l_key = jax.random.split(l_key)`` per layer. The step is ``eqx.filter_pmap``-ed with
 ``axis_name="devices"`` and gradients are ``lax.pmean``-ed. The step returns the model, whose
-leaves include non-arrays. Tiny sizes, one device.
+leaves include non-arrays. Segment embeddings left out; tiny sizes, one device.
 """
 
 import functools

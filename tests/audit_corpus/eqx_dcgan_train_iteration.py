@@ -10,7 +10,7 @@ draws the generator's noise with ``jr.normal(subkey, ...)`` and returns ``key`` 
 each ``eqx.filter_jit`` step returns that key, and the training loop feeds the key returned by the
 discriminator step to the generator step, and the generator step's key to the next iteration.
 The models carry ``eqx.nn.BatchNorm`` state (``eqx.nn.State``), ``jax.vmap``-ed with
-``axis_name="batch"``. Tiny sizes.
+``axis_name="batch"``. Two convolutions per network instead of five; tiny sizes.
 """
 
 import equinox as eqx

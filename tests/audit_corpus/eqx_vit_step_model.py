@@ -8,7 +8,8 @@ num=batch_size + 1)`` and passes ``jnp.array(subkeys)`` -- one key per image -- 
 ``eqx.filter_jit`` step; ``compute_grads`` ``jax.vmap``s the model over images and keys; the model
 splits its key into ``dropout_key, *attention_keys`` (one per block) and every block splits its
 key again for its two dropouts. The step returns ``(model, new_state, loss)``; the model's leaves
-include non-arrays (``patch_size``, activation functions). Tiny sizes.
+include non-arrays (``patch_size``, activation functions). ``einops.rearrange`` written as a
+reshape; tiny sizes.
 """
 
 import equinox as eqx

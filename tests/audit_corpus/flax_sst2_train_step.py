@@ -8,7 +8,8 @@ Randomness as in the example: the step receives a dict of keys and folds the ste
 each (``{name: jax.random.fold_in(rng, step) ...}``); word dropout draws a Bernoulli mask with
 ``make_rng("dropout")``, the embedder and the classifier apply ``nn.Dropout``; each LSTM direction
 gets its zero initial carry from ``OptimizedLSTMCell.initialize_carry(jax.random.key(0), ...)`` --
-a constant key that is split, but nothing is ever drawn from its halves. Tiny sizes.
+a constant key that is split, but nothing is ever drawn from its halves. The attention
+classifier is condensed (the same dropouts, fewer layers); tiny sizes.
 """
 
 import functools
