@@ -1,6 +1,7 @@
 """Layers: ``stoax.nn``."""
 
 from stoax.nn._attention import MultiHeadAttention
+from stoax.nn._batch_norm import BatchNorm
 from stoax.nn._checks import MissingKeyError
 from stoax.nn._conv import Conv
 from stoax.nn._drop_path import DropPath
@@ -16,6 +17,7 @@ from stoax.nn._transformer import TransformerBlock, TransformerEncoder
 from stoax.transforms import Ensemble, Stack
 
 __all__ = [
+    "BatchNorm",
     "Conv",
     "DropPath",
     "Dropout",
