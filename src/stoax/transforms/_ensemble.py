@@ -123,11 +123,8 @@ class Ensemble(Module):
             jnp.arange(self.size), parts.stacked, x
         )
 
-
     @locate_layer_errors
-    def apply(
-        self, x: Any, *, key: jax.Array | None = None, **kwargs: Any
-    ) -> tuple[Any, Ensemble]:
+    def apply(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> tuple[Any, Ensemble]:
         """``(outputs, updated Ensemble)``: member ``m`` runs through :func:`stoax.apply` with
         the key ``__call__`` gives it and keeps its own state (BatchNorm statistics of the data
         it saw) -- bitwise the Python loop over the members."""
