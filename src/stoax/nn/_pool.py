@@ -51,7 +51,8 @@ class _Pool(Module):
             if isinstance(self.padding, str)
             else ((0, 0),) * lead + self.padding + ((0, 0),)
         )
-        return jax.lax.reduce_window(x, jnp.asarray(init, x.dtype), op, dims, strides, padding)
+        # A NumPy scalar init lets lax see the monoid (max, add) and differentiate the window op.
+        return jax.lax.reduce_window(x, np.dtype(x.dtype).type(init), op, dims, strides, padding)
 
 
 class MaxPool(_Pool):
