@@ -146,9 +146,13 @@ class BatchNorm(Module):
         if self.axis_name is not None:
             var = jax.lax.pmean(var, self.axis_name)
         y = self._normalise(h, mean, var, shape)
+        # The barrier keeps XLA from fusing the reductions into the update: fused, a vmapped
+        # (Ensemble) update rounds differently from the per-member one, and an ensemble must be
+        # bitwise its Python loop. (Vectors of ``features`` values: free.)
+        mean_u, var_u = jax.lax.optimization_barrier((mean, var))
         m = self.momentum
-        new_mean = (m * run_mean + (1.0 - m) * mean).astype(self.running_mean.dtype)
-        new_var = (m * run_var + (1.0 - m) * var).astype(self.running_var.dtype)
+        new_mean = (m * run_mean + (1.0 - m) * mean_u).astype(self.running_mean.dtype)
+        new_var = (m * run_var + (1.0 - m) * var_u).astype(self.running_var.dtype)
         if self.training is not True:  # traced: one program, selected by the flag
             y = jnp.where(self.training, y, self._normalise(h, run_mean, run_var, shape))
             new_mean = jnp.where(self.training, new_mean, self.running_mean)
