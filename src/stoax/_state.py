@@ -114,8 +114,9 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
 
     * A module with an ``apply`` method (every stoax layer and container): ``model.apply(x,
       *args, key=key, **kwargs)``. Stateless stoax layers return themselves.
-    * A module without ``apply`` that holds no state: ``(model(x, *args, key=key, ...), model)``.
-      A module without ``apply`` that *does* hold state raises :class:`StateError`.
+    * A module without ``apply`` whose state does not change (none, or evaluation mode):
+      ``(model(x, *args, key=key, ...), model)``. A module without ``apply`` holding state that
+      would change raises :class:`StateError`.
     * A plain function (``jax.nn.relu``): ``(model(x, *args, **kwargs), model)`` (no key).
 
     Example:
@@ -132,7 +133,7 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
         return model(x, *args, **kwargs), model
     method = getattr(type(model), "apply", None)
     if method is None:
-        if has_state(model):
+        if updates_state(model):
             raise StateError(_no_apply_message(model))
         return model(x, *args, key=key, **kwargs), model
     out = model.apply(x, *args, key=key, **kwargs)

@@ -9,7 +9,7 @@ import jax
 from stoax import keys
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, is_module
-from stoax._state import apply, has_state
+from stoax._state import apply, updates_state
 
 __all__ = ["Sequential"]
 
@@ -44,7 +44,7 @@ class Sequential(Module):
     def apply(self, x: jax.Array, *, key: jax.Array | None = None) -> tuple[jax.Array, Sequential]:
         """``(y, updated Sequential)``: each layer through :func:`stoax.apply`, with the key
         ``__call__`` gives it, so stateful layers (BatchNorm) return their updated state."""
-        if not has_state(self):
+        if not updates_state(self):  # stateless, or evaluation mode: nothing to thread
             return self(x, key=key), self
         layers = []
         for i, layer in enumerate(self.layers):

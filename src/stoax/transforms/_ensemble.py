@@ -13,7 +13,7 @@ import numpy as np
 from stoax import keys
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
-from stoax._state import apply, has_state
+from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
     copy_repr,
@@ -128,7 +128,7 @@ class Ensemble(Module):
         """``(outputs, updated Ensemble)``: member ``m`` runs through :func:`stoax.apply` with
         the key ``__call__`` gives it and keeps its own state (BatchNorm statistics of the data
         it saw) -- bitwise the Python loop over the members."""
-        if not has_state(self.members):
+        if not updates_state(self.members):  # stateless, or evaluation mode: nothing to thread
             return self(x, key=key, **kwargs), self
         parts = split(self.members, self.stacked, self.size, "Ensemble")
 

@@ -17,7 +17,7 @@ import numpy as np
 from stoax import keys
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
-from stoax._state import apply, has_state
+from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
     copy_repr,
@@ -179,7 +179,7 @@ class Stack(Module):
         """``(y, updated Stack)``: layer ``i`` runs through :func:`stoax.apply` with the key
         ``__call__`` gives it, and its updated state (BatchNorm's running statistics) comes back
         as slice ``i`` -- one state per layer, bitwise the Python loop over the layers."""
-        if not has_state(self.layers):
+        if not updates_state(self.layers):  # stateless, or evaluation mode: nothing to thread
             return self(x, key=key, **kwargs), self
         parts = split(self.layers, self.stacked, self.length, "Stack")
 
