@@ -107,6 +107,18 @@ def test_batchnorm_cross_device_statistics_with_a_named_axis():
         np.testing.assert_allclose(bns.running_var[i], bn_full.running_var, **F32)
 
 
+def test_batchnorm_statistics_on_a_mesh_are_those_of_the_global_batch():
+    # 8 simulated devices in a subprocess (tests/sharding_cases/batch_norm.py).
+    from test_sharding import run_case
+
+    out = run_case("batch_norm.py")
+    assert out["devices"] == 8
+    assert out["shard_map"] < 1e-5  # shard_map + axis_name: global statistics on every device
+    assert out["jit_sharded"] < 1e-5  # plain jit, sharded batch: XLA reduces globally
+    assert out["output_sharding"].startswith("P('data'")  # and the output stays sharded
+    assert out["shard_map_without_axis_name"] > 0.01  # without the name: local statistics
+
+
 # -- modes: a traced flag in lax.scan, a static flag compiles the update away --------------------
 
 
