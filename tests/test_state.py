@@ -200,6 +200,9 @@ def test_stack_keeps_one_state_per_layer_bitwise_equal_to_the_python_loop():
         _bitwise(new[i], layers[i])
     means = [new[i].layers[1].running_mean for i in range(3)]
     assert not np.array_equal(means[0], means[1])  # one set of statistics per layer
+    # rematerialised layers: the same output and state
+    remat = jax.jit(lambda s, x, k: stoax.apply(s, x, key=k))(stack.replace(remat=True), x, key)
+    _bitwise(remat, (y, new.replace(remat=True)))
 
 
 def test_ensemble_keeps_one_state_per_member_bitwise_equal_to_the_python_loop():
@@ -275,6 +278,18 @@ def test_a_module_holding_state_without_apply_is_refused_with_a_recipe():
     model = _WithApply(stoax.nn.BatchNorm(2), stoax.nn.Linear(2, 1, key=jax.random.key(0)))
     y, new = stoax.apply(model, _x((3, 2)))
     assert y.shape == (3, 1) and not np.array_equal(new.bn.running_var, model.bn.running_var)
+
+
+class _BadApply(stoax.Module):
+    bn: stoax.nn.BatchNorm
+
+    def apply(self, x, *, key=None):
+        return stoax.apply(self.bn, x)  # the child, not the updated module
+
+
+def test_an_apply_that_returns_something_else_is_refused():
+    with pytest.raises(stoax.StateError, match=r"must return \(output, updated _BadApply\)"):
+        stoax.apply(_BadApply(stoax.nn.BatchNorm(2)), jnp.ones((3, 2)))
 
 
 def test_train_step_refuses_a_loss_that_drops_the_state():
