@@ -13,10 +13,10 @@ layer next to the output::
 
 ``model(x, key=key)`` computes the same ``y`` and drops the update (use it when only the output
 matters). :func:`apply` works on any model: a module that defines ``apply(self, x, *, key, ...)
--> (y, new_self)`` is asked to thread its state (every stoax layer and container does); any other
-module or function holding no state returns itself. A module holding stateful layers that does
-*not* define ``apply`` is refused with a message saying how to write one -- an update is never
-dropped silently.
+-> (y, new_self)`` is asked to thread its state (BatchNorm, and the containers ``Sequential``,
+``Stack`` and ``Ensemble``, do); any other module or function holding no state returns itself.
+A module holding stateful layers that does *not* define ``apply`` is refused with a message
+saying how to write one -- an update is never dropped silently.
 
 The mode decides what an update costs: a stateful layer in evaluation mode
 (``training=False``, a Python bool) returns itself, so an evaluation program holds no update at
@@ -112,8 +112,8 @@ def updates_state(tree: Any) -> bool:
 def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwargs: Any):
     """``(y, new_model)``: the forward pass that also returns the model with its state updated.
 
-    * A module with an ``apply`` method (every stoax layer and container): ``model.apply(x,
-      *args, key=key, **kwargs)``. Stateless stoax layers return themselves.
+    * A module with an ``apply`` method (BatchNorm; ``Sequential``, ``Stack``, ``Ensemble``):
+      ``model.apply(x, *args, key=key, **kwargs)``.
     * A module without ``apply`` whose state does not change (none, or evaluation mode):
       ``(model(x, *args, key=key, ...), model)``. A module without ``apply`` holding state that
       would change raises :class:`StateError`.

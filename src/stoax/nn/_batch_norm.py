@@ -113,6 +113,7 @@ class BatchNorm(Module):
 
     @property
     def features(self) -> tuple[int, ...]:
+        """The sizes of the feature axes, as a tuple (``(C,)`` for one axis)."""
         return tuple(self.running_mean.shape)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
