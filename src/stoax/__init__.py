@@ -5,6 +5,7 @@ from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
+from stoax._state import StateError, apply, has_state, state_field
 from stoax.keys import step_key
 from stoax.transforms import scan
 
@@ -12,10 +13,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Module",
+    "StateError",
+    "apply",
     "audit",
     "combine",
     "eval_mode",
     "field",
+    "has_state",
     "is_array",
     "is_module",
     "keys",
@@ -27,6 +31,7 @@ __all__ = [
     "scan",
     "set_mode",
     "sharding",
+    "state_field",
     "step_key",
     "train_mode",
     "trainable",

@@ -137,8 +137,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         choices=sorted(MODELS),
         default=defaults.model,
-        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10) or 'transformer' (2 "
-        "layers over the image's 8 rows) (default: %(default)s)",
+        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10), 'transformer' (2 "
+        "layers over the image's 8 rows) or 'cnn' (4 conv layers with BatchNorm, max pooling, "
+        "spatial dropout) (default: %(default)s)",
     )
     parser.add_argument(
         "--out",

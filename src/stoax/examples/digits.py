@@ -30,6 +30,7 @@ import optax
 
 import stoax
 from stoax import train as st
+from stoax.examples.digits_cnn import make_cnn
 from stoax.train._extras import require
 
 __all__ = [
@@ -112,6 +113,7 @@ def make_transformer(rate: float | jax.Array, *, key: jax.Array) -> stoax.Module
 
 # name -> model builder; the command line offers these as ``--model``.
 MODELS: dict[str, Callable[..., stoax.Module]] = {"mlp": make_mlp, "transformer": make_transformer}
+MODELS["cnn"] = make_cnn  # a CNN with BatchNorm: see stoax.examples.digits_cnn
 
 
 @dataclasses.dataclass(frozen=True)

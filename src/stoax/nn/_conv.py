@@ -131,19 +131,19 @@ class Conv(Module):
         return y.reshape((*batch, *y.shape[1:]))
 
 
-def _num_spatial(kernel_size: object) -> int:
+def _num_spatial(kernel_size: object, layer: str = "Conv", name: str = "kernel_size") -> int:
     if isinstance(kernel_size, Sequence) and 1 <= len(kernel_size) <= len(_SPATIAL):
         return len(kernel_size)
     raise ValueError(
-        f"Conv: kernel_size must be an int (1-D) or a tuple of 1 to {len(_SPATIAL)} ints (one per "
+        f"{layer}: {name} must be an int (1-D) or a tuple of 1 to {len(_SPATIAL)} ints (one per "
         f"spatial dimension), got {kernel_size!r}."
     )
 
 
-def _padding(padding: Padding, n: int) -> str | tuple[tuple[int, int], ...]:
+def _padding(padding: Padding, n: int, layer: str = "Conv") -> str | tuple[tuple[int, int], ...]:
     if isinstance(padding, str):
         if padding.upper() not in _PADDING_MODES:
-            raise ValueError(f"Conv: padding must be one of {_PADDING_MODES}, got {padding!r}.")
+            raise ValueError(f"{layer}: padding must be one of {_PADDING_MODES}, got {padding!r}.")
         return padding.upper()
     if isinstance(padding, int | np.integer) and not isinstance(padding, bool):
         padding = (padding,) * n
@@ -160,7 +160,7 @@ def _padding(padding: Padding, n: int) -> str | tuple[tuple[int, int], ...]:
                 pairs.append((int(p[0]), int(p[1])))
     if len(pairs) != n:
         raise ValueError(
-            f"Conv: padding must be 'SAME', 'SAME_LOWER', 'VALID', an int, or {n} entries (one "
+            f"{layer}: padding must be 'SAME', 'SAME_LOWER', 'VALID', an int, or {n} entries (one "
             f"per spatial dimension) each an int or a (low, high) pair; got {padding!r}."
         )
     return tuple(pairs)

@@ -7,7 +7,9 @@ from collections.abc import Callable, Sequence
 import jax
 
 from stoax import keys
+from stoax._errors import locate_layer_errors
 from stoax._module import Module, is_module
+from stoax._state import apply, updates_state
 
 __all__ = ["Sequential"]
 
@@ -37,6 +39,21 @@ class Sequential(Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, key=keys.child(key, i)) if is_module(layer) else layer(x)
         return x
+
+    @locate_layer_errors
+    def apply(self, x: jax.Array, *, key: jax.Array | None = None) -> tuple[jax.Array, Sequential]:
+        """``(y, updated Sequential)``: each layer through :func:`stoax.apply`, with the key
+        ``__call__`` gives it, so stateful layers (BatchNorm) return their updated state."""
+        if not updates_state(self):  # stateless, or evaluation mode: nothing to thread
+            return self(x, key=key), self
+        layers = []
+        for i, layer in enumerate(self.layers):
+            if is_module(layer):
+                x, layer = apply(layer, x, key=keys.child(key, i))
+            else:
+                x = layer(x)
+            layers.append(layer)
+        return x, self.replace(layers=tuple(layers))
 
     def __getitem__(self, i: int | slice) -> Callable | Sequential:
         if isinstance(i, slice):

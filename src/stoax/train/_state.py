@@ -19,7 +19,9 @@ class TrainState(Module):
 
     A :class:`stoax.Module`, hence a pytree: ``jax.jit`` takes it as an argument, and
     :func:`stoax.train.save_checkpoint` writes it whole. ``params`` and ``rest`` are the two
-    halves of :func:`stoax.partition`; the optimiser sees ``params`` only. ``step`` is an
+    halves of :func:`stoax.partition`; the optimiser sees ``params`` only. ``rest`` also holds
+    the model's state (BatchNorm's running statistics), which the train step replaces with the
+    updated state its loss function returns. ``step`` is an
     ``int32`` array (not a Python int, which would recompile every step) and counts the
     optimiser updates made so far; the step's key is ``stoax.step_key(seed, step)``.
 

@@ -1,9 +1,13 @@
 """The jitted train and evaluation steps, and a classification loss to plug into them.
 
 A *loss function* has the signature ``loss_fn(model, batch, *, key) -> (loss, metrics)``: a
-scalar loss to minimise and a dict of scalar metrics (e.g. accuracy). The train step calls it with
-the model in whatever mode it is in (training, normally) and ``key=stoax.step_key(seed, step)``;
-evaluation calls it on ``stoax.eval_mode(model)`` with ``key=None``.
+scalar loss to minimise and a dict of scalar metrics (e.g. accuracy). A model with state
+(BatchNorm) is run with ``y, new_model = stoax.apply(model, x, key=key)`` and the loss function
+returns ``(loss, metrics, new_model)``: the train step keeps ``new_model``'s state.
+
+The train step calls it with the model in whatever mode it is in (training, normally) and
+``key=stoax.step_key(seed, step)``; evaluation calls it on ``stoax.eval_mode(model)`` with
+``key=None``.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ import numpy as np
 import optax
 
 from stoax._mode import eval_mode
-from stoax._partition import combine
+from stoax._partition import combine, partition
+from stoax._state import StateError, apply, has_state, updates_state
 from stoax.keys import step_key
 from stoax.train._state import TrainState
 
@@ -34,7 +39,8 @@ def classification_loss(
     model: Callable, batch: Mapping[str, jax.Array], *, key: jax.Array | None
 ) -> tuple[jax.Array, Metrics]:
     """Softmax cross-entropy of ``model(batch["x"], key=key)`` (logits) against integer labels
-    ``batch["y"]``, and the accuracy.
+    ``batch["y"]``, and the accuracy. For a model with state (:func:`stoax.has_state`) the
+    logits come from :func:`stoax.apply` and the updated model is returned third.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -45,10 +51,16 @@ def classification_loss(
         >>> loss.shape, sorted(metrics)
         ((), ['accuracy'])
     """
-    logits = model(batch["x"], key=key)
+    stateful = has_state(model)
+    if stateful:
+        logits, model = apply(model, batch["x"], key=key)
+    else:
+        logits = model(batch["x"], key=key)
     labels = batch["y"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     accuracy = (jnp.argmax(logits, axis=-1) == labels).mean()
+    if stateful:
+        return loss, {"accuracy": accuracy}, model
     return loss, {"accuracy": accuracy}
 
 
@@ -59,7 +71,9 @@ def make_train_step(
 
     The step's key is ``stoax.step_key(seed, state.step)``, a function of ``(seed, step)`` alone,
     so a run restarted from a checkpoint at step ``n`` draws the same dropout masks from there on
-    as the uninterrupted run. Gradients are taken with respect to ``state.params`` only.
+    as the uninterrupted run. Gradients are taken with respect to ``state.params`` only; when
+    ``loss_fn`` returns the updated model third, its state (running statistics) becomes
+    ``state.rest``.
     ``metrics`` holds ``"loss"`` and whatever ``loss_fn`` reports. The compiled program is shared
     by every step function made with the same ``loss_fn`` and ``tx`` objects (the seed is an
     argument of it, not a constant), so a second :func:`~stoax.train.fit` does not recompile.
@@ -88,13 +102,22 @@ def _train_step(
 ) -> tuple[TrainState, Metrics]:
     key = step_key(seed, state.step)
 
-    def objective(params: Any) -> tuple[jax.Array, Mapping[str, jax.Array]]:
-        return loss_fn(combine(params, state.rest), batch, key=key)
+    def objective(params: Any) -> tuple[jax.Array, tuple[Mapping[str, jax.Array], Any]]:
+        loss, metrics, *updated = loss_fn(combine(params, state.rest), batch, key=key)
+        return loss, (metrics, updated[0] if updated else None)
 
-    (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    (loss, (metrics, updated)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(params=params, opt_state=opt_state, step=state.step + 1)
+    rest = state.rest if updated is None else partition(updated)[1]
+    if updated is None and updates_state(state.model):
+        raise StateError(
+            "make_train_step: the model holds stateful layers in training mode (BatchNorm), but "
+            "loss_fn returned (loss, metrics) only, so their state would never be updated. Run "
+            "the model with `y, model = stoax.apply(model, x, key=key)` and return (loss, "
+            "metrics, model) -- stoax.train.classification_loss does."
+        )
+    new_state = state.replace(params=params, rest=rest, opt_state=opt_state, step=state.step + 1)
     return new_state, {"loss": loss, **metrics}
 
 
@@ -142,5 +165,5 @@ def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Any], Metrics]:
 
 @functools.partial(jax.jit, static_argnames=("loss_fn",))
 def _eval_step(model: Any, batch: Any, *, loss_fn: LossFn) -> Metrics:
-    loss, metrics = loss_fn(model, batch, key=None)
+    loss, metrics = loss_fn(model, batch, key=None)[:2]  # an updated model (third) is dropped
     return {"loss": loss, **metrics}

@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stoax import keys
+from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
+from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
     copy_repr,
@@ -120,6 +122,24 @@ class Ensemble(Module):
         return jax.vmap(member, in_axes=(0, 0, self.in_axes))(
             jnp.arange(self.size), parts.stacked, x
         )
+
+    @locate_layer_errors
+    def apply(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> tuple[Any, Ensemble]:
+        """``(outputs, updated Ensemble)``: member ``m`` runs through :func:`stoax.apply` with
+        the key ``__call__`` gives it and keeps its own state (BatchNorm statistics of the data
+        it saw) -- bitwise the Python loop over the members."""
+        if not updates_state(self.members):  # stateless, or evaluation mode: nothing to thread
+            return self(x, key=key, **kwargs), self
+        parts = split(self.members, self.stacked, self.size, "Ensemble")
+
+        def member(m: jax.Array, leaves: list[Any], x: Any) -> tuple[Any, list[Any]]:
+            y, new = apply(parts.rebuild(leaves), x, key=keys.child(key, m), **kwargs)
+            return y, parts.stacked_of(new, "Ensemble")
+
+        y, stacked = jax.vmap(member, in_axes=(0, 0, self.in_axes))(
+            jnp.arange(self.size), parts.stacked, x
+        )
+        return y, self.replace(members=parts.rebuild(stacked))
 
 
 def _hashable(in_axes: Any) -> Any:

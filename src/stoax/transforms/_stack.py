@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from stoax import keys
+from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
+from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
     copy_repr,
@@ -171,6 +173,28 @@ class Stack(Module):
         index = jnp.arange(self.length)
         y, _ = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
         return y
+
+    @locate_layer_errors
+    def apply(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> tuple[Any, Stack]:
+        """``(y, updated Stack)``: layer ``i`` runs through :func:`stoax.apply` with the key
+        ``__call__`` gives it, and its updated state (BatchNorm's running statistics) comes back
+        as slice ``i`` -- one state per layer, bitwise the Python loop over the layers."""
+        if not updates_state(self.layers):  # stateless, or evaluation mode: nothing to thread
+            return self(x, key=key, **kwargs), self
+        parts = split(self.layers, self.stacked, self.length, "Stack")
+
+        def step(carry: Any, xs: tuple[jax.Array, list[Any]]) -> tuple[Any, list[Any]]:
+            i, leaves = xs
+            y, layer = apply(parts.rebuild(leaves), carry, key=keys.child(key, i), **kwargs)
+            return y, parts.stacked_of(layer, "Stack")
+
+        self._check_carry(parts, x, key, kwargs)
+        if self.remat is not False:
+            policy = None if self.remat is True else self.remat
+            step = jax.checkpoint(step, prevent_cse=False, policy=policy)
+        index = jnp.arange(self.length)
+        y, stacked = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
+        return y, self.replace(layers=parts.rebuild(stacked))
 
     def _check_carry(self, parts: Any, x: Any, key: Any, kwargs: dict[str, Any]) -> None:
         """A layer must map x to the same shapes and dtypes: say so before lax.scan does.

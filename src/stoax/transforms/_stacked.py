@@ -54,6 +54,20 @@ class Split:
         leaves = [next(it_s) if s else next(it_r) for s in self.is_stacked]
         return jax.tree.unflatten(self.treedef, leaves)
 
+    def stacked_of(self, block: Any, where: str) -> list[Any]:
+        """The leaves of ``block`` (one copy, updated by :func:`stoax.apply`) that carry the copy
+        axis; its shared leaves must be the ones :meth:`rebuild` put in."""
+        leaves, treedef = jax.tree.flatten(block)
+        if treedef != self.treedef:
+            raise ValueError(f"{where}: apply changed the structure of a copy ({treedef}).")
+        shared = [x for x, s in zip(leaves, self.is_stacked, strict=True) if not s]
+        if any(a is not b for a, b in zip(shared, self.shared, strict=True)):
+            raise ValueError(
+                f"{where}: apply updated an array that all copies share (it was given no copy "
+                "axis when the container was built); state must be per copy."
+            )
+        return [x for x, s in zip(leaves, self.is_stacked, strict=True) if s]
+
     def index(self, i: int | jax.Array) -> Any:
         """Copy ``i`` as a plain block."""
         return self.rebuild([x[i] for x in self.stacked])

@@ -1,0 +1,116 @@
+"""``ConvTranspose``: the transposed ("fractionally strided") convolution, for upsampling."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stoax._errors import LayerValueError
+from stoax._module import Module
+from stoax.nn._checks import require_float
+from stoax.nn._conv import _SPATIAL, Padding, _num_spatial, _padding
+from stoax.nn._sizes import positive_int, positive_ints
+
+__all__ = ["ConvTranspose"]
+
+
+class ConvTranspose(Module):
+    """Transposed convolution of a channels-last input ``(..., *spatial, in_channels)``.
+
+    Computed with ``jax.lax.conv_transpose`` as Flax's ``ConvTranspose`` (with
+    ``transpose_kernel=False``): the input is dilated by ``stride`` and convolved with
+    ``weight``, so ``padding="SAME"`` multiplies each spatial size by the stride and
+    ``"VALID"`` gives ``(n - 1) * stride + kernel`` (dilated kernel). Explicit ``(low, high)``
+    pairs pad the dilated input, as in ``lax.conv_transpose``. ``kernel_size`` decides the
+    number of spatial axes as in :class:`~stoax.nn.Conv`; any number of leading batch axes.
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: an int (1-D) or one int per spatial axis.
+        stride, dilation: an int or one int per spatial axis (``dilation`` dilates the kernel).
+        padding: ``"SAME"`` (default), ``"VALID"``, an int or ``(low, high)`` pairs.
+        use_bias: add a bias (zeros).
+        key: key of the initialisation: ``weight`` of shape
+            ``(*kernel_size, in_channels, out_channels)`` LeCun-normal (as Flax), ``bias`` zeros.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> up = stoax.nn.ConvTranspose(8, 3, (2, 2), stride=2, key=jax.random.key(0))
+        >>> up(jnp.ones((4, 16, 16, 8))).shape
+        (4, 32, 32, 3)
+    """
+
+    weight: jax.Array
+    bias: jax.Array | None
+    stride: tuple[int, ...]
+    padding: str | tuple[tuple[int, int], ...]
+    dilation: tuple[int, ...]
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: Padding = "SAME",
+        dilation: int | Sequence[int] = 1,
+        use_bias: bool = True,
+        *,
+        key: jax.Array,
+        dtype: jnp.dtype = jnp.float32,
+    ):
+        name = "ConvTranspose"
+        n = 1 if isinstance(kernel_size, int | np.integer) else _num_spatial(kernel_size, name)
+        kernel = positive_ints(kernel_size, n, name, "kernel_size")
+        in_channels = positive_int(in_channels, name, "in_channels")
+        out_channels = positive_int(out_channels, name, "out_channels")
+        self.stride = positive_ints(stride, n, name, "stride")
+        self.padding = _padding(padding, n, name)
+        if self.padding == "SAME_LOWER":
+            raise ValueError(f"{name}: padding must be 'SAME', 'VALID', an int or pairs.")
+        self.dilation = positive_ints(dilation, n, name, "dilation")
+        init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
+        self.weight = init(key, (*kernel, in_channels, out_channels), dtype)
+        self.bias = jnp.zeros((out_channels,), dtype) if use_bias else None
+
+    @property
+    def kernel_size(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape[:-2])
+
+    @property
+    def in_channels(self) -> int:
+        return self.weight.shape[-2]
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight.shape[-1]
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        require_float(x, self)
+        n = len(self.stride)
+        if x.ndim < n + 1 or x.shape[-1] != self.in_channels:
+            layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
+            raise LayerValueError(
+                self,
+                f": expected a channels-last input (..., {layout}) with C = {self.in_channels}, "
+                f"got shape {tuple(x.shape)}.",
+            )
+        batch = x.shape[: x.ndim - n - 1]
+        h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
+        dtype = jnp.promote_types(x.dtype, self.weight.dtype)
+        spatial = _SPATIAL[-n:]
+        y = jax.lax.conv_transpose(
+            h.astype(dtype),
+            self.weight.astype(dtype),
+            strides=self.stride,
+            padding=self.padding,
+            rhs_dilation=self.dilation,
+            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        )
+        if self.bias is not None:
+            y = y + self.bias.astype(dtype)
+        return y.reshape((*batch, *y.shape[1:]))
