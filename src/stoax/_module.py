@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from stoax._errors import locate_layer_errors
+from stoax._peers import note_module_type
 
 __all__ = ["Module", "field", "is_array", "is_module"]
 
@@ -203,6 +204,7 @@ class _ModuleMeta(type):
         module.__init__(*args, **kwargs)
         object.__setattr__(module, _FROZEN, True)
         _flatten(module)  # fail at construction, not at the first jit, if a field was never set
+        note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
         return module
 
     @property
