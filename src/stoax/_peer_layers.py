@@ -40,9 +40,9 @@ def takes_key(layer: Any) -> bool:
     if inspect.isfunction(layer) or inspect.ismethod(layer) or isinstance(layer, functools.partial):
         target = layer
     else:
-        target = getattr(type(layer), "__call__", None)  # callable objects: cached per type
-        if target is None:
+        if not callable(layer):
             return False
+        target = type(layer).__call__  # callable objects: cached per type
     try:
         return _signature_takes_key(target)
     except TypeError:  # an unhashable callable
@@ -72,7 +72,9 @@ def set_peer_mode(layer: Any, training: bool | jax.Array) -> Any:
     )
     names = [getattr(path[0], "name", None) for path, _ in children]
     if name in names:  # the flag is a pytree child (Equinox: a non-static field)
-        values = [value if n == name else child for n, (_, child) in zip(names, children)]
+        values = [
+            value if n == name else child for n, (_, child) in zip(names, children, strict=True)
+        ]
         return jax.tree.unflatten(treedef, values)
     new = copy.copy(layer)  # a static field: set it on a copy, bypassing a frozen dataclass
     object.__setattr__(new, name, value)

@@ -26,7 +26,7 @@ Example:
     ...     def __init__(self, rngs):
     ...         self.inp = nnx.Linear(4, 8, rngs=rngs)
     ...         self.drop = Dropout(0.1, rngs=rngs)
-    ...         self.body = stoax.nn.MLP(8, 8, 1, hidden_features=16, key=jax.random.key(0))
+    ...         self.body = stoax.nn.MLP(8, 1, hidden=(16,), dropout=0.1, key=jax.random.key(0))
     ...     def __call__(self, x, key):
     ...         return self.body(self.drop(self.inp(x)), key=key)
     >>> model = Model(nnx.Rngs(0))
@@ -38,7 +38,8 @@ Example:
     ...     value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt))(model)
     ...     opt.update(model, grads)
     ...     return value
-    >>> losses = [float(step(model, opt, jnp.ones((2, 4)), stoax.step_key(0, i))) for i in range(20)]
+    >>> x = jnp.ones((2, 4))
+    >>> losses = [float(step(model, opt, x, stoax.step_key(0, i))) for i in range(20)]
     >>> losses[-1] < losses[0]
     True
 """
