@@ -5,6 +5,7 @@ from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
+from stoax._precision import cast
 from stoax.keys import step_key
 from stoax.transforms import scan
 
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Module",
     "audit",
+    "cast",
     "combine",
     "eval_mode",
     "field",
