@@ -16,9 +16,7 @@ from stoax.interop.nnx import params
 
 
 def _block(key):
-    return stoax.nn.Sequential(
-        [stoax.nn.Linear(8, 8, key=key), jax.nn.relu, stoax.nn.Dropout(0.1)]
-    )
+    return stoax.nn.Sequential([stoax.nn.Linear(8, 8, key=key), jax.nn.relu, stoax.nn.Dropout(0.1)])
 
 
 class NNXModel(nnx.Module):

@@ -70,7 +70,9 @@ def test_drop_statistics_match_the_peer(lib):
 @pytest.mark.parametrize("lib", ["flax linen", "flax nnx"])
 def test_broadcast_dims_share_the_mask(lib):
     x = jnp.ones((4000, 6))
-    y = np.asarray(_apply(lib, peers.stoax_dropout(lib), x, jax.random.key(1), broadcast_dims=(-1,)))
+    y = np.asarray(
+        _apply(lib, peers.stoax_dropout(lib), x, jax.random.key(1), broadcast_dims=(-1,))
+    )
     rows = y == 0
     assert (rows.all(axis=1) | ~rows.any(axis=1)).all()  # each row dropped whole or kept whole
     assert abs(rows[:, 0].mean() - RATE) <= binomial_bound(RATE, 4000)

@@ -43,8 +43,9 @@ def test_dropout_in_low_precision_keeps_its_statistics(dtype):
 def test_bf16_training_tracks_float32():
     # A 200-step run of a tiny Transformer (dropout 0.1 everywhere), once in float32 and once
     # with bfloat16 computation (float32 parameters and optimiser): the same keys, the same data.
-    # Tolerance: the mean loss over the last 20 steps agrees within 3% (bf16 keeps 8 bits of
-    # mantissa, ~0.4% per rounding; the two runs drift apart slowly), and every step within 10%.
+    # Tolerance: the mean loss over the last 20 steps agrees within 2%, every step within 5%
+    # (bf16 keeps 8 bits of mantissa, ~0.4% per rounding, and the runs drift apart slowly;
+    # measured with jax 0.10.2 on CPU: 0.1% over the last 20 steps, at most 1.0% at one step).
     vocab, steps = 16, 200
     model = stoax.nn.TransformerEncoder(
         vocab_size=vocab, out_features=vocab, features=32, num_heads=2, num_layers=2,
@@ -81,7 +82,6 @@ def test_bf16_training_tracks_float32():
         return np.array(losses)
 
     f32, bf16 = run(jnp.float32), run(jnp.bfloat16)
-    print("INFO", f32[:5].mean(), f32[-20:].mean(), bf16[-20:].mean(), np.max(np.abs(bf16 - f32) / f32))
     assert f32[-20:].mean() < 0.5 * f32[:5].mean()  # it learns
-    assert abs(bf16[-20:].mean() - f32[-20:].mean()) <= 0.03 * f32[-20:].mean()
-    assert (np.abs(bf16 - f32) <= 0.10 * f32).all()
+    assert abs(bf16[-20:].mean() - f32[-20:].mean()) <= 0.02 * f32[-20:].mean()
+    assert (np.abs(bf16 - f32) <= 0.05 * f32).all()

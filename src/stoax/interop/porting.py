@@ -56,7 +56,7 @@ def _fit(layer: Module, name: str, value: Any, source: str) -> jnp.ndarray:
 def _params_of(source: Any) -> Mapping[str, Any]:
     """A linen params dict as is; an NNX module or state as the same nested dict of arrays."""
     if isinstance(source, Mapping) and not hasattr(source, "to_pure_dict"):
-        return source["params"] if "params" in source else source
+        return source.get("params", source)
     from flax import nnx
 
     state = nnx.state(source, nnx.Param) if isinstance(source, nnx.Module) else source
@@ -180,5 +180,3 @@ def _unsupported(layer: Any) -> str:
         f"porting: no conversion for {type(layer).__name__}; supported stoax layers: Linear, Conv, "
         "LayerNorm, Embedding, MultiHeadAttention (port containers layer by layer)."
     )
-
-
