@@ -305,7 +305,7 @@ def test_site_builds_strict(tmp_path):
     )
     assert (tmp_path / "site" / "index.html").exists()
     # Read as a reader would, without a browser: no Sphinx role (":func:`x`") shows literally.
-    literal = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):`")
+    literal = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?:`|<code>)")
     shown = [
         f"{page.relative_to(tmp_path / 'site')}: {m.group(0)}"
         for page in (tmp_path / "site").rglob("*.html")
