@@ -6,6 +6,7 @@ from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
 from stoax._precision import cast
+from stoax._summary import count_params, tabulate
 from stoax.keys import step_key
 from stoax.transforms import scan
 
@@ -16,6 +17,7 @@ __all__ = [
     "audit",
     "cast",
     "combine",
+    "count_params",
     "eval_mode",
     "field",
     "is_array",
@@ -30,6 +32,7 @@ __all__ = [
     "set_mode",
     "sharding",
     "step_key",
+    "tabulate",
     "train_mode",
     "trainable",
 ]
