@@ -218,12 +218,13 @@ class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
     def __call__(cls, *args: Any, **kwargs: Any):
+        note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
+
         module = cls.__new__(cls)
         object.__setattr__(module, _FROZEN, False)
         module.__init__(*args, **kwargs)
         object.__setattr__(module, _FROZEN, True)
         _flatten(module)  # fail at construction, not at the first jit, if a field was never set
-        note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
         return module
 
     @property
