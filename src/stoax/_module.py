@@ -23,7 +23,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 from collections.abc import Callable
 from typing import Any, dataclass_transform
@@ -32,6 +31,7 @@ import jax
 import numpy as np
 
 from stoax._errors import locate_layer_errors
+from stoax._layer_call import named_scope
 from stoax._peers import note_module_type
 
 __all__ = ["Module", "field", "is_array", "is_module"]
@@ -196,24 +196,6 @@ def _unflatten(cls: type[Module], aux, children) -> Module:
     return module
 
 
-def _named_scope(call: Callable[..., Any], name: str) -> Callable[..., Any]:
-    """``call`` run inside ``jax.named_scope(name)``: the layer's class name appears in the op
-    names of jaxprs, HLO dumps and profiler traces (``Sequential/Linear/dot_general``)."""
-
-    @functools.wraps(call)
-    def __call__(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with jax.named_scope(name):
-            out = call(self, *args, **kwargs)
-        for hook in CALL_HOOKS:  # stoax.tabulate records each layer's output shape
-            hook(self, out)
-        return out
-
-    return __call__
-
-
-CALL_HOOKS: list[Callable[[Any, Any], None]] = []  # (module, output) after each layer call
-
-
 class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
@@ -266,7 +248,7 @@ class Module(metaclass=_ModuleMeta):
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_stoax_locates", False):
             cls.__call__ = locate_layer_errors(call)  # errors name the field path of a layer
-            cls.__call__ = _named_scope(cls.__call__, cls.__name__)  # layer names in HLO/profiles
+            cls.__call__ = named_scope(cls.__call__, cls.__name__)  # layer names in HLO/profiles
         has_own_init = "__init__" in cls.__dict__
         dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
         jax.tree_util.register_pytree_with_keys(

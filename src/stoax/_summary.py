@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from stoax import _module
+from stoax import _layer_call
 from stoax._module import is_array, is_module
 from stoax._partition import partition
 
@@ -86,11 +86,11 @@ def tabulate(model: Any, *inputs: Any, **kwargs: Any) -> str:
     def record(module: Any, out: Any) -> None:
         shapes.setdefault(id(module), _shape(out))
 
-    _module.CALL_HOOKS.append(record)
+    _layer_call.CALL_HOOKS.append(record)
     try:
         jax.eval_shape(lambda: model(*inputs, **kwargs))
     finally:
-        _module.CALL_HOOKS.remove(record)
+        _layer_call.CALL_HOOKS.remove(record)
     table = [("path", "type", "output", "params", "bytes")]
     for path, m in rows:
         table.append(
