@@ -5,7 +5,7 @@ model is called: ``stoax.cast(model, jnp.bfloat16)(x, key=key)`` inside the loss
 layer in bfloat16 while the optimiser keeps float32 parameters -- the gradient of the cast
 brings bfloat16 gradients back to float32. LayerNorm/RMSNorm compute their statistics and
 attention its softmax in float32 whatever the input dtype, and dropout keeps its exact drop
-probability (integer threshold) and scales in float32 before rounding.
+probability (an integer threshold on random bits, whatever the dtype).
 """
 
 from __future__ import annotations

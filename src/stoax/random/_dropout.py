@@ -310,11 +310,6 @@ def _rate_of(static, rate):
 
 
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
-    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
-        # bf16/f16: 1/(1-rate) rounded to 8 bits would bias every kept element the same way
-        # (rate 0.1: 1.109 instead of 1.111); scale in float32 and round each product once.
-        scaled = (x.astype(jnp.float32) * _scale(rate, jnp.float32)).astype(x.dtype)
-        return jnp.where(mask, scaled, jnp.zeros((), x.dtype))
     return jnp.where(mask, x * _scale(rate, x.dtype), jnp.zeros((), x.dtype))
 
 
