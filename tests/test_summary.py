@@ -15,16 +15,29 @@ def test_each_layer_is_a_named_scope_in_the_lowered_program():
 
 
 def test_tabulate_counts_every_layer_and_the_stack():
-    model = stoax.nn.TransformerEncoder(
-        vocab_size=10, out_features=3, features=8, num_heads=2, num_layers=2, max_len=4,
-        key=jax.random.key(0),
-    )  # fmt: skip
-    table = stoax.tabulate(stoax.eval_mode(model), jnp.zeros((1, 4), jnp.int32))
+    model = stoax.nn.Sequential(
+        [
+            stoax.nn.Linear(2, 8, key=jax.random.key(0)),
+            stoax.nn.Stack.build(
+                lambda k: stoax.nn.Sequential(
+                    [stoax.nn.Linear(8, 8, key=k), stoax.nn.Dropout(0.1)]
+                ),
+                2,
+                key=jax.random.key(1),
+            ),
+            stoax.nn.Linear(8, 3, key=jax.random.key(2)),
+        ]
+    )
+    table = stoax.tabulate(model, jnp.zeros((1, 4, 2)), key=jax.random.key(3))
     lines = table.splitlines()
     assert lines[0].split() == ["path", "type", "output", "params", "bytes"]
     total = stoax.count_params(model)
     assert total == sum(x.size for x in jax.tree.leaves(stoax.partition(model)[0]))
-    assert lines[2].split()[:3] == ["(model)", "TransformerEncoder", "float32[1,"]
+    assert total == 2 * 8 + 8 + 2 * (8 * 8 + 8) + 8 * 3 + 3
+    assert lines[2].split()[:2] == ["(model)", "Sequential"]
     assert lines[2].split()[-3] == str(total)
-    assert any(line.startswith("head ") and "float32[1, 4, 3]" in line for line in lines)
-    assert lines[-1] == f"total: {total} parameters, {total * 4 / 1024:.1f} KiB"
+    rows = {line.split()[0]: line for line in lines[2:-1]}
+    assert "float32[1, 4, 3]" in rows["layers[2]"] and rows["layers[2]"].split()[-3] == "27"
+    assert "float32[1, 4, 8]" in rows["layers[1]"] and rows["layers[1]"].split()[-3] == "144"
+    assert rows["layers[1].layers"].split()[1] == "Sequential"  # inside the scan: no shape
+    assert lines[-1] == f"total: {total} parameters, {total * 4} B"
