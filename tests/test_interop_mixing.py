@@ -120,3 +120,19 @@ def test_set_mode_reaches_equinox_layers_in_an_equinox_model():
     model = eqx.nn.Sequential([eqx.nn.Linear(2, 2, key=jax.random.key(0)), eqx.nn.Dropout(0.3)])
     assert stoax.eval_mode(model).layers[1].inference is True
     assert stoax.train_mode(stoax.eval_mode(model)).layers[1].inference is False
+
+
+def test_a_traced_mode_reaches_stoax_interop_equinox_dropout_in_a_stoax_container():
+    from stoax.interop.equinox import Dropout
+
+    model = stoax.nn.Sequential([Dropout(0.5), stoax.nn.Dropout(0.5)])
+    x = jnp.ones(32)
+
+    def body(carry, inp):
+        flag, k = inp
+        return carry, stoax.set_mode(model, flag)(x, key=k)
+
+    flags = jnp.asarray([False, True])
+    _, ys = jax.lax.scan(body, 0, (flags, jax.random.split(jax.random.key(0), 2)))
+    np.testing.assert_array_equal(ys[0], x)  # evaluation: both layers are the identity
+    assert (ys[1] == 0).any() and (ys[1] == 4).any()  # training: both layers drop and scale
