@@ -224,6 +224,10 @@ API_MODULES = (
     "stoax.sharding",
     "stoax.train",
     "stoax.examples.digits",
+    "stoax.interop.linen",
+    "stoax.interop.nnx",
+    "stoax.interop.equinox",
+    "stoax.interop.porting",
 )
 
 
@@ -341,6 +345,14 @@ def test_site_builds_strict(tmp_path):
         f"mkdocs build --strict failed:\n{result.stdout}\n{result.stderr}"
     )
     assert (tmp_path / "site" / "index.html").exists()
+    # Read as a reader would, without a browser: no Sphinx role (":func:`x`") shows literally.
+    literal = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):(?:`|<code>)")
+    shown = [
+        f"{page.relative_to(tmp_path / 'site')}: {m.group(0)}"
+        for page in (tmp_path / "site").rglob("*.html")
+        for m in literal.finditer(page.read_text(encoding="utf-8"))
+    ]
+    assert not shown, f"literal Sphinx roles in the built HTML: {shown[:10]}"
 
 
 if __name__ == "__main__":  # run one page here: python tests/test_docs.py PAGE

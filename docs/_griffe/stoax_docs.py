@@ -7,6 +7,8 @@
 3. ``stoax.Module`` subclasses get their dataclass ``__init__`` (stoax applies ``dataclass`` in
    ``__init_subclass__``, which griffe cannot see statically): the signature shows the fields,
    and an ``Args:`` section on the class documents real parameters.
+4. Sphinx roles (``:func:`stoax.random.dropout```, ``:class:`~stoax.nn.Linear```) are shown as
+   inline code: Markdown would print them literally.
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def _split_grouped_args(text: str) -> str:
     return "\n".join(out)
 
 
+# A Sphinx cross-reference role: :func:`name`, :class:`~stoax.nn.Linear` (``~``: last part only).
+_ROLE = re.compile(r":(?:func|class|meth|mod|attr|data|exc|obj):`(?P<tilde>~?)(?P<target>[^`]+)`")
+
+
+def _render_roles(text: str) -> str:
+    """Sphinx roles as inline code (Markdown shows them literally otherwise)."""
+
+    def code(m: re.Match) -> str:
+        target = m["target"]
+        shown = target.rsplit(".", 1)[-1] if m["tilde"] else target
+        return f"`{shown}`"
+
+    return _ROLE.sub(code, text)
+
+
 class StoaxDocs(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         self._visit(pkg, set())
@@ -72,7 +89,7 @@ class StoaxDocs(griffe.Extension):
         seen.add(obj.path)
         if obj.docstring is not None:
             value = _EXAMPLE.sub(_examples_section, obj.docstring.value)
-            obj.docstring.value = _split_grouped_args(value)
+            obj.docstring.value = _render_roles(_split_grouped_args(value))
         if obj.is_class:
             self._add_dataclass_init(obj)
         for member in obj.members.values():

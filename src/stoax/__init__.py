@@ -5,7 +5,9 @@ from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
+from stoax._precision import cast
 from stoax._state import StateError, apply, has_state, state_field
+from stoax._summary import count_params, tabulate
 from stoax.keys import step_key
 from stoax.transforms import scan
 
@@ -16,7 +18,9 @@ __all__ = [
     "StateError",
     "apply",
     "audit",
+    "cast",
     "combine",
+    "count_params",
     "eval_mode",
     "field",
     "has_state",
@@ -33,6 +37,7 @@ __all__ = [
     "sharding",
     "state_field",
     "step_key",
+    "tabulate",
     "train_mode",
     "trainable",
 ]

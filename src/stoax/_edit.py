@@ -83,16 +83,30 @@ def map_modules(fn: Callable[[Module], Module], tree: M) -> M:
         >>> stoax.map_modules(halve, model).layers[0].rate
         0.05
     """
+    return map_layers(fn, tree)
+
+
+def map_layers(
+    fn: Callable[[Module], Module],
+    tree: M,
+    peer_fn: Callable[[Any], Any] | None = None,
+    is_peer: Callable[[Any], bool] = lambda x: False,
+) -> M:
+    """:func:`map_modules`, and ``peer_fn`` applied to every non-stoax layer ``is_peer`` picks
+    out (Equinox layers inside stoax containers, static fields included)."""
+
+    def is_layer(x: Any) -> bool:
+        return is_module(x) or (peer_fn is not None and is_peer(x))
 
     def visit(x: Any) -> Any:
         if not is_module(x):
-            return x
+            return peer_fn(x) if peer_fn is not None and is_peer(x) else x
         changes = {}
         for f in dataclasses.fields(x):
             value = x.__dict__[f.name]
-            new = jax.tree.map(visit, value, is_leaf=is_module)
+            new = jax.tree.map(visit, value, is_leaf=is_layer)
             if new is not value:
                 changes[f.name] = new
         return fn(x.replace(**changes) if changes else x)
 
-    return jax.tree.map(visit, tree, is_leaf=is_module)
+    return jax.tree.map(visit, tree, is_leaf=is_layer)

@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax._edit import map_modules
+from stoax._edit import map_layers
 from stoax._module import Module
+from stoax._peer_layers import is_peer_layer, set_peer_mode
 
 __all__ = ["set_mode", "train_mode", "eval_mode", "check_training_flag"]
 
@@ -47,9 +48,17 @@ def _has_training_field(module: Module) -> bool:
 
 
 def set_mode(model: M, training: bool | jax.Array) -> M:
-    """A copy of ``model`` with every stochastic layer's ``training`` field set to ``training``."""
+    """A copy of ``model`` with every stochastic layer's ``training`` field set to ``training``.
+
+    Equinox layers (in a stoax container, or a whole Equinox model) get their ``inference``
+    field set to ``not training``."""
     flag = check_training_flag(training, "stoax.set_mode")
-    return map_modules(lambda m: m.replace(training=flag) if _has_training_field(m) else m, model)
+    return map_layers(
+        lambda m: m.replace(training=flag) if _has_training_field(m) else m,
+        model,
+        peer_fn=lambda layer: set_peer_mode(layer, flag),
+        is_peer=is_peer_layer,
+    )
 
 
 def train_mode(model: M) -> M:

@@ -31,6 +31,8 @@ import jax
 import numpy as np
 
 from stoax._errors import locate_layer_errors
+from stoax._layer_call import named_scope
+from stoax._peers import note_module_type
 
 __all__ = ["Module", "field", "is_array", "is_module"]
 
@@ -198,6 +200,8 @@ class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
     def __call__(cls, *args: Any, **kwargs: Any):
+        note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
+
         module = cls.__new__(cls)
         object.__setattr__(module, _FROZEN, False)
         module.__init__(*args, **kwargs)
@@ -244,6 +248,7 @@ class Module(metaclass=_ModuleMeta):
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_stoax_locates", False):
             cls.__call__ = locate_layer_errors(call)  # errors name the field path of a layer
+            cls.__call__ = named_scope(cls.__call__, cls.__name__)  # layer names in HLO/profiles
         has_own_init = "__init__" in cls.__dict__
         dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
         jax.tree_util.register_pytree_with_keys(

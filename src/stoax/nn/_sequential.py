@@ -9,14 +9,17 @@ import jax
 from stoax import keys
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, is_module
+from stoax._peer_layers import takes_key
 from stoax._state import apply, updates_state
 
 __all__ = ["Sequential"]
 
 
 class Sequential(Module):
-    """Apply ``layers`` in order. Modules get ``key=stoax.keys.child(key, i)``; plain functions
-    (``jax.nn.relu``) are called with the input alone.
+    """Apply ``layers`` in order. Modules get ``key=stoax.keys.child(key, i)``, and so do layers
+    of other libraries whose call takes a keyword ``key`` (``eqx.nn.Dropout``, ``eqx.nn.Linear``);
+    plain functions (``jax.nn.relu``) are called with the input alone. :func:`stoax.set_mode`
+    reaches the ``inference`` flag of Equinox layers here.
 
     Keys are derived by position: appending a layer leaves the masks of the others unchanged.
 
@@ -37,7 +40,8 @@ class Sequential(Module):
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         for i, layer in enumerate(self.layers):
-            x = layer(x, key=keys.child(key, i)) if is_module(layer) else layer(x)
+            takes = is_module(layer) or takes_key(layer)
+            x = layer(x, key=keys.child(key, i)) if takes else layer(x)
         return x
 
     @locate_layer_errors
@@ -50,6 +54,8 @@ class Sequential(Module):
         for i, layer in enumerate(self.layers):
             if is_module(layer):
                 x, layer = apply(layer, x, key=keys.child(key, i))
+            elif takes_key(layer):
+                x = layer(x, key=keys.child(key, i))
             else:
                 x = layer(x)
             layers.append(layer)
