@@ -1,6 +1,7 @@
 """Layers: ``stoax.nn``."""
 
 from stoax.nn._attention import MultiHeadAttention
+from stoax.nn._cells import GRUCell, LSTMCell, SimpleCell
 from stoax.nn._checks import MissingKeyError
 from stoax.nn._conv import Conv
 from stoax.nn._drop_path import DropPath
@@ -11,16 +12,20 @@ from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
 from stoax.nn._rms_norm import RMSNorm
+from stoax.nn._rnn import RNN, Bidirectional, StackedRNN
 from stoax.nn._sequential import Sequential
 from stoax.nn._transformer import TransformerBlock, TransformerEncoder
 from stoax.transforms import Ensemble, Stack
 
 __all__ = [
+    "Bidirectional",
     "Conv",
     "DropPath",
     "Dropout",
     "Embedding",
     "Ensemble",
+    "GRUCell",
+    "LSTMCell",
     "GaussianNoise",
     "LayerNorm",
     "Linear",
@@ -28,8 +33,11 @@ __all__ = [
     "MissingKeyError",
     "MultiHeadAttention",
     "RMSNorm",
+    "RNN",
     "Sequential",
+    "SimpleCell",
     "Stack",
+    "StackedRNN",
     "TransformerBlock",
     "TransformerEncoder",
 ]
