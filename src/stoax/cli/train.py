@@ -1,8 +1,11 @@
-"""``stoax train digits``: train the digits example with and without dropout.
+"""``stoax train digits|charlm``: train an example with and without dropout.
 
-Two runs of one model on scikit-learn's bundled 8x8 digits -- dropout at ``--rate`` and no
-dropout -- from the same seed, split and initial weights. Prints a table of train and test
-accuracy and the generalisation gap, and writes to ``--out``:
+``digits``: two runs of one model on scikit-learn's bundled 8x8 digits -- dropout at ``--rate``
+and no dropout -- from the same seed, split and initial weights. Prints a table of train and test
+accuracy and the generalisation gap. ``charlm``: a character-level language model on the Python
+language reference (``pydoc_data``), with recurrent dropout (``--dropout-mode``) and without;
+the table gives validation loss and perplexity (options in :mod:`stoax.cli._charlm`). Both
+write to ``--out``:
 
 * ``dropout.safetensors``, ``no_dropout.safetensors``: a checkpoint of each run, after every epoch
 * ``curves.png``: accuracy and loss per epoch, both runs, train and test
@@ -29,6 +32,7 @@ examples:
   stoax train digits                       # defaults: both runs, results in runs/digits
   stoax train digits --epochs 80 --rate 0.3 --out /tmp/digits
   stoax train digits --resume --epochs 80  # continue the runs saved in --out
+  stoax train charlm                       # LSTM, variational dropout vs none, runs/charlm
 """
 
 DEFAULT_OUT = Path("runs/digits")
@@ -61,24 +65,43 @@ def _rate(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``stoax train``."""
-    from stoax.examples.digits import MODELS, Config
+DESCRIPTION = textwrap.fill(
+    "Train an example model twice -- with dropout and without -- and compare how well each "
+    "generalises. Everything random follows from --seed, so a run can be repeated, and "
+    "resumed, bit for bit.",
+    width=88,
+)
 
-    defaults = Config()
-    parser.description = textwrap.fill(
-        "Train an example model twice -- with dropout and without -- and compare how well each "
-        "generalises. Everything random follows from --seed, so a run can be repeated, and "
-        "resumed, bit for bit.",
-        width=88,
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stoax train``: one sub-command per example."""
+    from stoax.cli import _charlm
+
+    parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
-    parser.add_argument(
-        "example",
-        choices=["digits"],
-        help="the example to train: 'digits' (scikit-learn's 8x8 handwritten digits)",
+    examples = parser.add_subparsers(dest="example", metavar="EXAMPLE", required=True)
+    digits = examples.add_parser(
+        "digits",
+        help="an MLP or a Transformer on scikit-learn's 8x8 handwritten digits",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_digits_arguments(digits)
+    charlm = examples.add_parser(
+        "charlm",
+        help="a character-level LSTM language model on the Python language reference",
+        description=_charlm.DESCRIPTION,
+        epilog=_charlm.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _charlm.add_arguments(charlm)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, out: Path) -> None:
+    """The options every example has: --seed, --epochs, --rate, --out, --resume/--overwrite,
+    --no-progress."""
     parser.add_argument(
         "--seed",
         type=int,
@@ -98,16 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dropout rate of the dropout run (default: %(default)s)",
     )
     parser.add_argument(
-        "--model",
-        choices=sorted(MODELS),
-        default=defaults.model,
-        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10) or 'transformer' (2 "
-        "layers over the image's 8 rows) (default: %(default)s)",
-    )
-    parser.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
+        default=out,
         help="output folder for checkpoints, curves.png and results.json; created if missing, "
         "but not its parent unless it is the default (default: %(default)s)",
     )
@@ -130,19 +146,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
+    from stoax.examples.digits import MODELS, Config
+
+    add_common_arguments(parser, Config(), DEFAULT_OUT)
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=Config().model,
+        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10) or 'transformer' (2 "
+        "layers over the image's 8 rows) (default: %(default)s)",
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``stoax train``; returns the exit status."""
     from stoax.train import CheckpointError
 
     try:
+        from stoax.cli import _charlm
+
+        default_out = _charlm.DEFAULT_OUT if args.example == "charlm" else DEFAULT_OUT
         out = _prepare_out(
             args.out,
             resume=args.resume,
             overwrite=args.overwrite,
             # The default's parent (runs/) is made as needed; for a folder the user names, a
             # missing parent is more likely a typo than a wish for a new tree.
-            make_parents=args.out == DEFAULT_OUT,
+            make_parents=args.out == default_out,
         )
+        if args.example == "charlm":
+            return _charlm.train(args, out)
         return _train(args, out)
     except UsageError as err:
         print(f"stoax train: error: {err}", file=sys.stderr)
