@@ -132,7 +132,7 @@ class NNXLM(nnx.Module):
 
     def __call__(self, tokens, key):
         x = self.embed(tokens)
-        for i, (cell, rnn) in enumerate(zip(self.cells, self.rnns, strict=True)):
+        for i, rnn in enumerate(self.rnns):
             k_in, k_rec = jax.random.split(jax.random.fold_in(key, i))
             if self.rate:
                 x = self.drop(x, rngs=nnx.Rngs(k_in))
