@@ -60,7 +60,7 @@ class StoaxLM(stoax.Module):
         return self.head(self.rnn(self.embed(tokens), key=key))
 
 
-def stoax_step(rate, unroll=1):
+def stoax_step(rate):
     ks = jax.random.split(jax.random.key(0), LAYERS + 2)
     layers = [
         stoax.nn.RNN(
@@ -68,7 +68,6 @@ def stoax_step(rate, unroll=1):
             dropout=rate,
             recurrent_dropout=rate,
             output_dropout=rate if i == LAYERS - 1 else 0.0,
-            unroll=unroll,
         )
         for i in range(LAYERS)
     ]
@@ -235,7 +234,6 @@ def main():
     programs = {}
     for name, make in [
         ("stoax RNN", stoax_step),
-        ("stoax RNN(unroll=8)", lambda r: stoax_step(r, unroll=8)),
         ("Flax NNX nnx.RNN(LSTMCell)", nnx_step),
         ("Equinox LSTMCell + lax.scan", eqx_step),
     ]:

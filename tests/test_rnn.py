@@ -259,3 +259,20 @@ def test_initial_carry_and_bidirectional_and_stacks():
         rtol=1e-6,
         atol=1e-6,
     )
+
+
+@pytest.mark.allow_key_reuse
+def test_a_hand_written_loop_with_one_key_per_step_is_still_reported():
+    """The RNN's variational masks are drawn once, before the loop: nothing to declare. A
+    user's loop that draws with the same key at every step is what the auditor reports."""
+    cell = stoax.nn.SimpleCell(F, H, key=jax.random.key(0))
+
+    def my_variational_loop(cell, x, key):
+        def step(h, x_t):
+            kept = jax.random.bernoulli(key, 0.5, h.shape)  # the same key every step
+            return cell(jnp.where(kept, 2 * h, 0.0), x_t)
+
+        return jax.lax.scan(step, cell.initial_carry((B,)), jnp.moveaxis(x, 1, 0))[1]
+
+    report = stoax.audit(my_variational_loop, cell, jnp.ones((B, T, F)), jax.random.key(1))
+    assert "loop_invariant_key" in [f.kind for f in report.findings]
