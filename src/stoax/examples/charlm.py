@@ -19,7 +19,7 @@ Example:
     >>> from stoax.examples import charlm
     >>> data = charlm.load_data(charlm.Config(seq_len=32))
     >>> data.train["x"].shape[1], data.vocab_size, data.decode(data.train["x"][0][:5])
-    (32, 103, '\\nAsse')
+    (32, 103, 'The "')
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class RNN(Module):
 
     **Dropout** (``dropout`` on the inputs, ``recurrent_dropout`` on the hidden state that feeds
     the recurrence -- one mask shared by all gates -- and ``output_dropout`` on the outputs), in
-    one of three ``dropout_mode``\\ s:
+    one of three modes (``dropout_mode``):
 
     * ``"variational"`` (Gal & Ghahramani, 2016): one mask per sequence for each of the three,
       the same at every time step, different for every example of the batch. The recurrent
