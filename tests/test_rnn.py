@@ -240,6 +240,9 @@ def test_initial_carry_and_bidirectional_and_stacks():
     c1, y1 = rnn(x[:, :3])
     c2, y2 = rnn(x[:, 3:], initial_carry=c1)
     np.testing.assert_allclose(jnp.concatenate([y1, y2], 1), ys, rtol=1e-6, atol=1e-6)
+    # time-major input: the same run, axes swapped
+    tm_carry, tm_ys = rnn.replace(time_major=True)(jnp.swapaxes(x, 0, 1))
+    np.testing.assert_array_equal(jnp.swapaxes(tm_ys, 0, 1), ys)
     # Bidirectional: the backward half is the forward RNN's reversed run
     fwd = stoax.eval_mode(make_rnn("variational"))
     bi = stoax.nn.Bidirectional(fwd, fwd)
