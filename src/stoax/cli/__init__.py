@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 # name -> (module defining ``add_arguments(parser)`` and ``run(args) -> int``, one-line help)
 SUBCOMMANDS = {
-    "train": ("stoax.cli.train", "train an example model (digits) with and without dropout"),
+    "train": ("stoax.cli.train", "train an example (digits, charlm) with and without dropout"),
     "audit": ("stoax.cli.audit", "find randomness bugs in a JAX function"),
 }
 

@@ -1,8 +1,10 @@
-"""``stoax train digits``: train the digits example with and without dropout.
+"""``stoax train digits|charlm``: train an example with and without dropout.
 
-Two runs of one model on scikit-learn's bundled 8x8 digits -- dropout at ``--rate`` and no
-dropout -- from the same seed, split and initial weights. Prints a table of train and test
-accuracy and the generalisation gap, and writes to ``--out``:
+Two runs of one model -- dropout at ``--rate`` and no dropout -- from the same seed, split and
+initial weights: scikit-learn's bundled 8x8 digits (``digits``), or a character-level language
+model on the Python language reference (``charlm``, :mod:`stoax.cli._charlm`). Prints a table
+of each run's final metrics (accuracy and the generalisation gap, or validation loss and
+perplexity), and writes to ``--out``:
 
 * ``dropout.safetensors``, ``no_dropout.safetensors``: a checkpoint of each run, after every epoch
 * ``curves.png``: accuracy and loss per epoch, both runs, train and test
@@ -96,24 +98,43 @@ def _rate(text: str) -> float:
     return value
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``stoax train``."""
-    from stoax.examples.digits import MODELS, Config
+DESCRIPTION = textwrap.fill(
+    "Train an example model twice -- with dropout and without -- and compare how well each "
+    "generalises. Everything random follows from --seed, so a run can be repeated, and "
+    "resumed, bit for bit.",
+    width=88,
+)
 
-    defaults = Config()
-    parser.description = textwrap.fill(
-        "Train an example model twice -- with dropout and without -- and compare how well each "
-        "generalises. Everything random follows from --seed, so a run can be repeated, and "
-        "resumed, bit for bit.",
-        width=88,
-    )
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``stoax train``: one sub-command per example."""
+    from stoax.cli import _charlm
+
+    parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EXAMPLES
-    parser.add_argument(
-        "example",
-        choices=["digits"],
-        help="the example to train: 'digits' (scikit-learn's 8x8 handwritten digits)",
+    examples = parser.add_subparsers(dest="example", metavar="EXAMPLE", required=True)
+    digits = examples.add_parser(
+        "digits",
+        help="an MLP, a Transformer or a CNN on scikit-learn's 8x8 handwritten digits",
+        description=DESCRIPTION,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    _add_digits_arguments(digits)
+    charlm = examples.add_parser(
+        "charlm",
+        help="a character-level LSTM language model on the Python language reference",
+        description=_charlm.DESCRIPTION,
+        epilog=_charlm.EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _charlm.add_arguments(charlm)
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, defaults: Any, out: Path) -> None:
+    """The options every example has: --seed, --epochs, --rate, --out, --resume/--overwrite,
+    --no-progress."""
     parser.add_argument(
         "--seed",
         type=_seed,
@@ -134,17 +155,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dropout rate of the dropout run (default: %(default)s)",
     )
     parser.add_argument(
-        "--model",
-        choices=sorted(MODELS),
-        default=defaults.model,
-        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10), 'transformer' (2 "
-        "layers over the image's 8 rows) or 'cnn' (4 conv layers with BatchNorm, max pooling, "
-        "spatial dropout) (default: %(default)s)",
-    )
-    parser.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
+        default=out,
         help="output folder for checkpoints, curves.png and results.json; created if missing, "
         "but not its parent unless it is the default (default: %(default)s)",
     )
@@ -165,6 +178,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="progress",
         action="store_false",
         help="do not show progress bars",
+    )
+
+
+def _add_digits_arguments(parser: argparse.ArgumentParser) -> None:
+    from stoax.examples.digits import MODELS, Config
+
+    add_common_arguments(parser, Config(), DEFAULT_OUT)
+    parser.add_argument(
+        "--model",
+        choices=sorted(MODELS),
+        default=Config().model,
+        help="the model to train: 'mlp' (64 pixels -> 256 -> 256 -> 10), 'transformer' (2 "
+        "layers over the image's 8 rows) or 'cnn' (4 conv layers with BatchNorm, max pooling, "
+        "spatial dropout) (default: %(default)s)",
     )
 
 
@@ -201,11 +228,25 @@ def _strip_errno(err: Exception) -> str:
     return re.sub(r"^\[Errno \d+\] ", "", str(err))
 
 
-def _run(args: argparse.Namespace) -> int:
+def _example(args: argparse.Namespace) -> tuple[Any, Any, Path, str]:
+    """``(example module, its Config from args, its default --out, a title for the summary)``."""
+    if args.example == "charlm":
+        from stoax.cli import _charlm
+        from stoax.examples import charlm
+
+        config = _charlm.make_config(args)
+        title = f"Character-level {config.model.upper()} on the Python language reference"
+        return charlm, config, _charlm.DEFAULT_OUT, title
     from stoax.examples import digits
-    from stoax.train._files import FolderLock
 
     config = digits.Config(seed=args.seed, epochs=args.epochs, rate=args.rate, model=args.model)
+    return digits, config, DEFAULT_OUT, f"{config.model.upper()} on digits"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from stoax.train._files import FolderLock
+
+    example, config, default_out, title = _example(args)
     out = args.out
     _restore_interrupted_swap(out)
     _check_out(
@@ -213,9 +254,9 @@ def _run(args: argparse.Namespace) -> int:
         resume=args.resume,
         # The default's parent (runs/) is made as needed; for a folder the user names, a
         # missing parent is more likely a typo than a wish for a new tree.
-        make_parents=out == DEFAULT_OUT,
+        make_parents=out == default_out,
     )
-    created = _make_folder(out, make_parents=out == DEFAULT_OUT)
+    created = _make_folder(out, make_parents=out == default_out)
     try:
         try:
             lock = FolderLock.acquire(out, command=_lock_command(args, out))
@@ -237,21 +278,21 @@ def _run(args: argparse.Namespace) -> int:
                     f"{out} already holds a run ({', '.join(found)}). Pass --resume to continue "
                     "it, --overwrite to replace it, or choose another --out."
                 )
-            if args.resume and _check_resume(config, out):
+            if args.resume and _check_resume(example, config, out):
                 for name in ("results.json", "curves.png"):  # about to describe older weights
                     with contextlib.suppress(FileNotFoundError):
                         (out / name).unlink()
             if args.overwrite and found:
-                rows, seconds = _train_beside(args, config, out, lock)
+                rows, seconds = _train_beside(args, example, config, out, lock)
             else:
-                rows, seconds = _train(args, config, out)
+                rows, seconds = _train(args, example, config, out)
     finally:
         if created:  # a run that wrote nothing leaves no empty folder behind
             with contextlib.suppress(OSError):
                 out.rmdir()
-    print(digits.format_table(rows))
+    print(example.format_table(rows))
     print(
-        f"\n{config.model.upper()} on digits, seed {config.seed}, {seconds:.1f} s. Wrote "
+        f"\n{title}, seed {config.seed}, {seconds:.1f} s. Wrote "
         f"{out / 'curves.png'}, checkpoints and results.json to {out}."
     )
     return 0
@@ -328,7 +369,7 @@ def _remove_leftovers(out: Path) -> None:
 
 
 def _train_beside(
-    args: argparse.Namespace, config: Any, out: Path, lock: Any
+    args: argparse.Namespace, example: Any, config: Any, out: Path, lock: Any
 ) -> tuple[list[dict[str, Any]], float]:
     """``--overwrite``: train in a new folder beside ``out``, then swap it in for the old run."""
     from stoax.train._files import FolderLock, exchange, remove_tree
@@ -353,7 +394,7 @@ def _train_beside(
     try:
         new.mkdir()
         new_lock = FolderLock.acquire(new, command=_lock_command(args, out))
-        result = _train(args, config, new)
+        result = _train(args, example, config, new)
         if exchange(new, real):  # one atomic step: out is the new run, `new` the old one
             lock.moved_to(new)
             new_lock.moved_to(real)
@@ -375,20 +416,19 @@ def _lock_command(args: argparse.Namespace, out: Path) -> str:
     return f"stoax train {args.example} --out {out}"
 
 
-def _check_resume(config: Any, out: Path) -> bool:
+def _check_resume(example: Any, config: Any, out: Path) -> bool:
     """Refuse to resume runs trained with other settings, or with more epochs than ``--epochs``
     (a run cannot be shortened; ``results.json`` would contradict itself). Return whether any
     run has epochs left to train."""
     from stoax import train as st
-    from stoax.examples import digits
 
     left = False
-    for stem, _, _ in digits.runs(config):
-        path = digits.checkpoint_path(out, stem)
+    for stem, _, _ in example.runs(config):
+        path = example.checkpoint_path(out, stem)
         if not path.exists():
             left = True
             continue
-        digits._check_resumable(config, path)
+        example._check_resumable(config, path)
         history = st.read_checkpoint_metadata(path).get("history") or []
         done = int(history[-1]["epoch"]) if history else 0
         if config.epochs < done:
@@ -403,16 +443,15 @@ def _check_resume(config: Any, out: Path) -> bool:
 
 
 def _train(
-    args: argparse.Namespace, config: Any, folder: Path
+    args: argparse.Namespace, example: Any, config: Any, folder: Path
 ) -> tuple[list[dict[str, Any]], float]:
     """Train both runs into ``folder``; write ``curves.png`` and ``results.json`` there."""
-    from stoax.examples import digits
     from stoax.train._files import atomic_write_text
 
     start = time.perf_counter()
-    histories = digits.run_experiment(config, folder, resume=args.resume, progress=args.progress)
+    histories = example.run_experiment(config, folder, resume=args.resume, progress=args.progress)
     seconds = time.perf_counter() - start
-    rows = digits.summary(histories)
+    rows = example.summary(histories)
     results: dict[str, Any] = {
         "config": dataclasses.asdict(config),
         "runs": rows,

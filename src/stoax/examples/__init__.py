@@ -1,1 +1,2 @@
-"""Worked examples, runnable from the command line (``stoax train digits``)."""
+"""Worked examples, runnable from the command line: ``stoax train digits``, ``stoax train
+charlm``."""

@@ -3,6 +3,7 @@
 from stoax.nn._alpha_dropout import AlphaDropout
 from stoax.nn._attention import MultiHeadAttention
 from stoax.nn._batch_norm import BatchNorm
+from stoax.nn._cells import GRUCell, LSTMCell, SimpleCell
 from stoax.nn._checks import MissingKeyError
 from stoax.nn._conv import Conv
 from stoax.nn._conv_transpose import ConvTranspose
@@ -16,6 +17,7 @@ from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
 from stoax.nn._pool import AvgPool, GlobalAvgPool, MaxPool
 from stoax.nn._rms_norm import RMSNorm
+from stoax.nn._rnn import RNN, Bidirectional, StackedRNN
 from stoax.nn._sequential import Sequential
 from stoax.nn._shape import Flatten, Identity
 from stoax.nn._transformer import TransformerBlock, TransformerEncoder
@@ -25,6 +27,7 @@ __all__ = [
     "AlphaDropout",
     "AvgPool",
     "BatchNorm",
+    "Bidirectional",
     "Conv",
     "ConvTranspose",
     "DropPath",
@@ -32,11 +35,13 @@ __all__ = [
     "Embedding",
     "Ensemble",
     "Flatten",
+    "GRUCell",
     "GaussianNoise",
     "GlobalAvgPool",
     "GroupNorm",
     "Identity",
     "InstanceNorm",
+    "LSTMCell",
     "LayerNorm",
     "Linear",
     "MLP",
@@ -44,8 +49,11 @@ __all__ = [
     "MissingKeyError",
     "MultiHeadAttention",
     "RMSNorm",
+    "RNN",
     "Sequential",
+    "SimpleCell",
     "Stack",
+    "StackedRNN",
     "TransformerBlock",
     "TransformerEncoder",
 ]
