@@ -1,0 +1,314 @@
+"""Control flow: ``cond`` branches, and the loop analysis of ``scan`` / ``while``.
+
+A loop body is analysed once. Then, per loop:
+
+* **which body inputs change** from one iteration to the next: scanned inputs (unless every slice
+  holds the same keys -- a key broadcast into ``xs``), and carries whose new value depends on
+  something that changes (a fixpoint);
+* **loop-invariant draws**: a draw whose key depends on inputs, none of which change;
+* **reuse across iterations**: the body's consumed keys are rewritten for the *next* iteration
+  (each carry replaced by what the body returns for it); a key consumed in one iteration and
+  consumed again in the next (a key drawn from and also carried on, then split again) is found;
+* **reach**: what a body draw reaches through the carries, over all iterations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from stoax.audit import _compat, _reach
+from stoax.audit._analysis import Analyzer, open_jaxpr, site_of
+from stoax.audit._frame import Frame
+from stoax.audit._identities import Substitution, is_key_dtype
+from stoax.audit._records import DRAWS, Draw, Site, Summary
+
+__all__ = ["CONTROL"]
+
+
+def _cond(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
+    index, *ops = eqn.invars
+    branches = _compat.cond_branches(eqn.params)
+    p_ids = [fr.key_ids(a) for a in ops]
+    p_deps = [fr.dep(a) for a in ops]
+    has = tuple(x is not None for x in p_ids)
+    token = an.ids.fresh()
+    summs = [an.analyze(br, has) for br in branches]
+    everything = _reach.all_outputs(len(eqn.outvars), False)
+    in_masks = [everything]
+    for k in range(len(ops)):
+        m = 0
+        for s in summs:
+            m |= s.param_reach[k]
+        in_masks.append(m)
+    link = fr.links[i] = _reach.CallLink(eqn, in_masks)
+    results = []
+    for b, summ in enumerate(summs):
+        sub = Substitution(an.ids, p_deps, p_ids, lambda k: fr.data_id(ops[k]))
+        an.instantiate(fr, summ, eqn, sub, link, excl=((token, b),))
+        results.append((summ, sub))
+    idx_deps = fr.dep(index)
+    for j, v in enumerate(eqn.outvars):
+        deps = idx_deps
+        outs = []
+        for summ, sub in results:
+            deps |= sub.mask(summ.out_deps[j])
+            ids = summ.out_ids[j]
+            outs.append(None if ids is None else sub.sub_arr(ids))
+        ids = None
+        if all(o is not None for o in outs) and all(np.array_equal(outs[0], o) for o in outs):
+            ids = outs[0]
+        elif is_key_dtype(getattr(v.aval, "dtype", None)) or any(o is not None for o in outs):
+            ids = an.ids.fresh_arr(tuple(v.aval.shape))
+        fr.set(v, deps, ids)
+
+
+class _LoopLink(_reach.Link):
+    """Reach through a loop: a body output that is a carry also reaches, in the next iteration,
+    whatever that carry input reaches. Sub-output ``nk + ny`` is the ``while`` condition, which
+    decides every output."""
+
+    __slots__ = ("nk", "carry_reach", "virtual")
+
+    def __init__(
+        self, eqn: Any, in_masks: list[int], nk: int, carry_reach: list[int], virtual: bool
+    ):
+        super().__init__(eqn, in_masks)
+        self.nk = nk
+        self.carry_reach = carry_reach
+        self.virtual = virtual
+
+    def resolve(self, reach: dict) -> None:
+        outr = [reach.get(v, 0) for v in self.eqn.outvars]
+        if self.virtual:
+            outr.append(_reach._reach_of(reach, self.eqn.outvars))
+        base = list(outr)
+        changed = True
+        while changed:
+            changed = False
+            for j in range(self.nk):
+                new = base[j] | _reach.map_mask(self.carry_reach[j], outr)
+                if new != outr[j]:
+                    outr[j] = new
+                    changed = True
+        self.outr = outr
+        self._memo.clear()
+
+
+def _varying(summ: Summary, nc: int, nk: int, n_in: int, fixed_xs: set, passthrough: list) -> int:
+    """The mask of body inputs that change from one iteration to the next."""
+    varying = 0
+    for k in range(nc + nk, n_in):
+        if k not in fixed_xs:
+            varying |= 1 << k
+    changed = True
+    while changed:
+        changed = False
+        for j in range(nk):
+            bit = 1 << (nc + j)
+            if passthrough[j] or varying & bit:
+                continue
+            if summ.out_deps[j] & (varying | bit):
+                varying |= bit
+                changed = True
+    return varying
+
+
+def _loop(
+    an: Analyzer,
+    fr: Frame,
+    i: int,
+    eqn: Any,
+    body: Any,
+    consts: list,
+    carry: list,
+    xs: list,
+    length: int | None,
+    reverse: bool = False,
+    cond: Any = None,
+    cond_consts: list = (),
+) -> None:
+    """A loop: ``body(consts, carry, xs) -> (carry, ys)``; ``eqn.outvars`` are carry + ys."""
+    nc, nk = len(consts), len(carry)
+    atoms = [*consts, *carry, *xs]
+    o_ids = [fr.key_ids(a) for a in atoms]
+    # a scanned input seen from the body is one slice; one whose slices are all the same keys
+    # (a key broadcast into xs) does not change from one iteration to the next
+    p_ids = list(o_ids)
+    fixed_xs: set[int] = set()
+    for k in range(nc + nk, len(atoms)):
+        ids = p_ids[k]
+        if ids is not None and ids.ndim >= 1 and ids.shape[0] > 0:
+            p_ids[k] = ids[-1 if reverse else 0]
+            if ids.shape[0] > 1 and (ids == ids[:1]).all():
+                fixed_xs.add(k)
+        else:
+            p_ids[k] = None
+    has = tuple(x is not None for x in p_ids)
+    summ = an.analyze(body, has)
+    # carries returned unchanged: the very variable, or the very keys that went in
+    inner = open_jaxpr(body)
+    passthrough = [inner.outvars[j] is inner.invars[nc + j] for j in range(nk)]
+    for j in range(nk):
+        if not passthrough[j] and has[nc + j] and summ.out_ids[j] is not None:
+            pid = an.ids.param_ids(nc + j, carry[j].aval)
+            passthrough[j] = bool(np.array_equal(summ.out_ids[j], pid))
+    varying = _varying(summ, nc, nk, len(atoms), fixed_xs, passthrough)
+    loop_site = site_of(eqn)
+    carried = _carried_reuse(an, summ, nc, nk, atoms, p_ids, varying) if (length or 2) > 1 else {}
+
+    def mark(n: int, d: Draw) -> dict:
+        changes: dict = {}
+        if d.prim in DRAWS and d.deps and not (d.deps & varying) and not d.shared:
+            changes["loop_invariant"] = loop_site
+        elif n in carried and not d.shared:
+            changes["carried"] = (carried[n], loop_site)
+        return changes
+
+    # outer dependencies of the body's inputs; carries: a fixpoint over the iterations
+    p_deps = [fr.dep(a) for a in atoms]
+    probe = Substitution(an.ids, p_deps, p_ids, lambda k: an.ids.fresh())
+    changed = True
+    while changed:
+        changed = False
+        probe.mask_memo.clear()
+        for j in range(nk):
+            new = p_deps[nc + j] | probe.mask(summ.out_deps[j])
+            if new != p_deps[nc + j]:
+                p_deps[nc + j] = new
+                changed = True
+
+    def p_did(k: int) -> int:
+        return fr.data_id(atoms[k]) if k < nc else an.ids.fresh()
+
+    # reach: the while condition is sub-output nk (+ no ys), reached by what it reads
+    virtual = cond is not None
+    c_summ = None
+    c_atoms: list = []
+    if cond is not None:
+        c_atoms = [*cond_consts, *carry]
+        c_ids = [fr.key_ids(a) for a in c_atoms]
+        c_summ = an.analyze(cond, tuple(x is not None for x in c_ids))
+    n_sub_out = len(eqn.outvars)
+    cond_bit = 1 << (n_sub_out + 1)
+
+    def via_cond(m: int) -> int:
+        return (m & 1) | (cond_bit if m & ~1 else 0)
+
+    carry_reach = [summ.param_reach[nc + j] for j in range(nk)]
+    in_masks = [0] * len(eqn.invars)
+    offset = len(cond_consts)
+    for k in range(len(atoms)):
+        in_masks[offset + k] = summ.param_reach[k]
+    if c_summ is not None:
+        for k in range(len(cond_consts)):
+            in_masks[k] = via_cond(c_summ.param_reach[k])
+        for j in range(nk):
+            extra = via_cond(c_summ.param_reach[len(cond_consts) + j])
+            in_masks[offset + nc + j] |= extra
+            carry_reach[j] |= extra
+    link = fr.links[i] = _LoopLink(eqn, in_masks, nk, carry_reach, virtual)
+
+    sub = Substitution(an.ids, p_deps, p_ids, p_did)
+    an.instantiate(fr, summ, eqn, sub, link, in_loop=True, mark=mark)
+    if c_summ is not None:
+        c_deps = [fr.dep(a) for a in cond_consts] + p_deps[nc : nc + nk]
+        c_ids = [fr.key_ids(a) for a in c_atoms]
+        c_sub = Substitution(an.ids, c_deps, c_ids, lambda k: an.ids.fresh())
+        an.instantiate(fr, c_summ, eqn, c_sub, link, in_loop=True, mask_of=via_cond)
+    for j, v in enumerate(eqn.outvars[:nk]):
+        ids = None
+        if summ.out_ids[j] is not None or o_ids[nc + j] is not None:
+            ids = o_ids[nc + j] if passthrough[j] else an.ids.fresh_arr(tuple(v.aval.shape))
+        fr.set(v, p_deps[nc + j] | sub.mask(summ.out_deps[j]), ids)
+    for j, v in enumerate(eqn.outvars[nk:]):
+        ids = None
+        if summ.out_ids[nk + j] is not None:
+            ids = an.ids.fresh_arr(tuple(v.aval.shape))
+        fr.set(v, sub.mask(summ.out_deps[nk + j]), ids)
+
+
+def _carried_reuse(
+    an: Analyzer, summ: Summary, nc: int, nk: int, atoms: list, p_ids: list, varying: int
+) -> dict[int, Site]:
+    """Body draws whose key, in the next iteration, is a key this iteration already consumed:
+    ``{draw index: site of the earlier consumption}``."""
+    if not summ.draws or nk == 0:
+        return {}
+    consumed: dict[int, Draw] = {}
+    for d in summ.draws:
+        if not d.recompute and d.reach:
+            for x in d.ids.tolist():
+                consumed.setdefault(x, d)
+    if not consumed:
+        return {}
+    # the next iteration: consts are the same, carries are what the body returns, xs are new
+    nxt_ids: list = []
+    for k, a in enumerate(atoms):
+        if k < nc:
+            nxt_ids.append(an.ids.param_ids(k, a.aval) if p_ids[k] is not None else None)
+        elif k < nc + nk:
+            nxt_ids.append(summ.out_ids[k - nc])
+        else:
+            nxt_ids.append(None)
+
+    def nxt_did(k: int) -> int:
+        if k < nc:
+            return an.ids.param_data(k)
+        if k < nc + nk:
+            did = summ.out_did[k - nc]
+            return did if did is not None else an.ids.fresh()
+        return an.ids.fresh()
+
+    nxt = Substitution(an.ids, [0] * len(atoms), nxt_ids, nxt_did)
+    out: dict[int, Site] = {}
+    for n, d in enumerate(summ.draws):
+        if d.recompute or not d.reach or not (d.deps & varying):
+            continue
+        for x in nxt.sub_arr(d.ids).tolist():
+            earlier = consumed.get(x)
+            if earlier is not None:
+                out[n] = earlier.site
+                break
+    return out
+
+
+def _scan(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
+    lay = _compat.scan_layout(eqn.params)
+    ins = list(eqn.invars)
+    nc, nk = lay.num_consts, lay.num_carry
+    _loop(
+        an,
+        fr,
+        i,
+        eqn,
+        lay.body,
+        ins[:nc],
+        ins[nc : nc + nk],
+        ins[nc + nk :],
+        lay.length,
+        lay.reverse,
+    )
+
+
+def _while(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
+    lay = _compat.while_layout(eqn.params)
+    cn, bn = lay.cond_nconsts, lay.body_nconsts
+    ins = list(eqn.invars)
+    _loop(
+        an,
+        fr,
+        i,
+        eqn,
+        lay.body,
+        ins[cn : cn + bn],
+        ins[cn + bn :],
+        [],
+        None,
+        cond=lay.cond,
+        cond_consts=ins[:cn],
+    )
+
+
+CONTROL = {"cond": _cond, "scan": _scan, "while": _while}
