@@ -232,8 +232,9 @@ def key_impl_name(dtype: Any) -> str | None:
 
 def splits_are_fold_ins(dtype: Any) -> bool:
     """True when ``split(k, n)[i]`` equals ``fold_in(k, i)`` (flat ``i``) for keys of ``dtype``:
-    the threefry implementation in its partitionable mode (JAX's default since 0.5)."""
-    if key_impl_name(dtype) != "threefry2x32":
+    the threefry and rbg implementations in the partitionable mode (JAX's default since 0.5);
+    checked numerically by ``tests/test_audit_analysis.py``. Not ``unsafe_rbg``."""
+    if key_impl_name(dtype) not in ("threefry2x32", "rbg"):
         return False
     try:
         return bool(jax.config.jax_threefry_partitionable)

@@ -79,6 +79,7 @@ _FOLD: dict[str, Any] = {
     "squeeze": lambda a, **_: a,
     "slice": _np_slice,
     "concatenate": lambda *xs, dimension, **_: np.concatenate(xs, axis=dimension),
+    "stack": lambda *xs, axis, **_: np.stack(xs, axis=axis),
     "transpose": lambda a, *, permutation, **_: np.transpose(a, permutation),
     "iota": _np_iota,
     "copy": lambda a, **_: a,

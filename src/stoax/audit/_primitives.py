@@ -217,6 +217,13 @@ def _concatenate(an, fr, eqn, in_ids):
     return [np.concatenate(parts, axis=eqn.params["dimension"])]
 
 
+def _stack(an, fr, eqn, in_ids):
+    parts = []
+    for a, ids in zip(eqn.invars, in_ids, strict=True):
+        parts.append(an.ids.fresh_arr(tuple(a.aval.shape)) if ids is None else ids)
+    return [np.stack(parts, axis=eqn.params["axis"])]
+
+
 def _dynamic_slice(an, fr, eqn, in_ids):
     x, *starts = eqn.invars
     ids = in_ids[0]
@@ -299,6 +306,7 @@ STRUCTURAL = {
     "transpose": _transpose,
     "rev": _rev,
     "concatenate": _concatenate,
+    "stack": _stack,
     "dynamic_slice": _dynamic_slice,
     "gather": _gather,
     "select_n": _select_n,
