@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -61,9 +62,10 @@ except ImportError as _err:  # pragma: no cover - jax < 0.4.30
 
 # -- tracing -------------------------------------------------------------------------------------
 
-# A trace-context setting with no effect on the jaxpr: changing it makes jit's trace cache miss, so
-# inner functions traced before the audit are traced again under the audit's vmap hook.
-_CACHE_BUSTER = "stoax-audit-(?!)"
+# A trace-context setting with no effect on the jaxpr: a value never used before makes jit's trace
+# cache miss, so inner functions traced before this audit (by the user or by an earlier audit) are
+# traced again -- under the audit's vmap hook, and with source lines of this trace.
+_audits = itertools.count()
 
 
 @contextlib.contextmanager
@@ -75,7 +77,7 @@ def retrace_inner_jits() -> Iterator[None]:
         option = jax_config.hlo_source_file_canonicalization_regex
     except (ImportError, AttributeError) as err:
         raise unsupported("jax._src.config.hlo_source_file_canonicalization_regex is gone") from err
-    with option(_CACHE_BUSTER):
+    with option(f"stoax-audit-{next(_audits)}-(?!)"):
         yield
 
 
@@ -120,8 +122,15 @@ def _addr2line() -> Callable[[Any, int], int]:
     return fn
 
 
+# Where ``jax.jit`` traces a function body. Older JAX (0.6) keeps the frames outside the jitted
+# function in the tracebacks of its equations -- those of the call that first traced it, which a
+# cached trace shares with later calls -- so a traceback is cut there. Newer JAX cuts it itself.
+_JIT_TRACE_FRAMES = frozenset({"_create_pjit_jaxpr"})
+
+
 def traceback_lines(traceback: Any) -> list[tuple[Any, int]]:
-    """``(code object, line)`` of every frame of an equation's traceback, innermost first."""
+    """``(code object, line)`` of the frames of an equation's traceback, innermost first, up to
+    the ``jax.jit`` that traced it."""
     if traceback is None:
         return []
     raw = getattr(traceback, "raw_frames", None)
@@ -129,7 +138,12 @@ def traceback_lines(traceback: Any) -> list[tuple[Any, int]]:
         raise unsupported("a jaxpr equation's traceback has no raw_frames()")
     codes, lastis = raw()
     addr2line = _addr2line()
-    return [(code, int(addr2line(code, lasti))) for code, lasti in zip(codes, lastis, strict=True)]
+    out = []
+    for code, lasti in zip(codes, lastis, strict=True):
+        if code.co_name in _JIT_TRACE_FRAMES and code.co_filename.endswith("pjit.py"):
+            break
+        out.append((code, int(addr2line(code, lasti))))
+    return out
 
 
 def _source_info_util() -> Any:
