@@ -76,6 +76,7 @@ def test_a_split_whose_children_are_never_drawn_from_is_not_a_reuse():
         return carry + jax.random.normal(k3, x.shape)
 
     clean(init_carry, X, KEY)
+
     # a returned split child is used: reusing its parent is still found
     def returned(x, key):
         k, sub = jax.random.split(key)
@@ -296,7 +297,9 @@ def test_split_children_equal_fold_ins_numerically_and_for_the_auditor():
 
     def distinct(x, key):
         a, _ = jax.random.split(key)
-        return jax.random.normal(a, x.shape) + jax.random.normal(jax.random.fold_in(key, 2), x.shape)
+        return jax.random.normal(a, x.shape) + jax.random.normal(
+            jax.random.fold_in(key, 2), x.shape
+        )
 
     clean(distinct, X, KEY)
 
@@ -310,7 +313,9 @@ def test_rbg_split_children_equal_fold_ins_too():
 
     def f(x, key):
         a, _ = jax.random.split(key)
-        return jax.random.normal(a, x.shape) + jax.random.normal(jax.random.fold_in(key, 0), x.shape)
+        return jax.random.normal(a, x.shape) + jax.random.normal(
+            jax.random.fold_in(key, 0), x.shape
+        )
 
     report = stoax.audit(f, X, key)
     assert bool(report.of_kind("reused_key")) == bool(jax.config.jax_threefry_partitionable)
@@ -319,11 +324,15 @@ def test_rbg_split_children_equal_fold_ins_too():
 def test_other_prng_implementations_are_not_merged():
     key = jax.random.key(0, impl="unsafe_rbg")
     a = jax.random.split(key, 2)[0]
-    assert not bool((jax.random.key_data(a) == jax.random.key_data(jax.random.fold_in(key, 0))).all())
+    assert not bool(
+        (jax.random.key_data(a) == jax.random.key_data(jax.random.fold_in(key, 0))).all()
+    )
 
     def f(x, key):
         a, _ = jax.random.split(key)
-        return jax.random.normal(a, x.shape) + jax.random.normal(jax.random.fold_in(key, 0), x.shape)
+        return jax.random.normal(a, x.shape) + jax.random.normal(
+            jax.random.fold_in(key, 0), x.shape
+        )
 
     clean(f, X, key)
 
@@ -350,7 +359,11 @@ def test_declared_variational_dropout_loop_gives_no_finding():
 
         return jax.lax.scan(step, h, xs)[0]
 
-    at(stoax.audit(undeclared, jnp.ones(8), jnp.ones((5, 8)), KEY), "loop_invariant_key", "undeclared_vd")
+    at(
+        stoax.audit(undeclared, jnp.ones(8), jnp.ones((5, 8)), KEY),
+        "loop_invariant_key",
+        "undeclared_vd",
+    )
     # shared() stays a context manager that changes nothing in the computation
     with stoax.audit.shared():
         assert jax.random.normal(KEY).shape == ()
@@ -393,9 +406,13 @@ def test_equinox_step_returning_the_model():
 
     def step(m, x, key):
         grads = eqx.filter_grad(loss)(m, x, key)
-        return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, m, grads, is_leaf=lambda z: z is None)
+        return jax.tree_util.tree_map(
+            lambda p, g: p - 0.1 * g, m, grads, is_leaf=lambda z: z is None
+        )
 
     x = np.ones((2, 4), np.float32)
-    step_eqx = eqx.filter_jit(lambda m, x, key: eqx.apply_updates(m, eqx.filter_grad(loss)(m, x, key)))
+    step_eqx = eqx.filter_jit(
+        lambda m, x, key: eqx.apply_updates(m, eqx.filter_grad(loss)(m, x, key))
+    )
     clean(step_eqx, model, x, KEY)
     del step
