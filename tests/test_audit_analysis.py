@@ -383,7 +383,7 @@ def test_declared_sharing_does_not_hide_reuse():
 
 
 def test_stoax_audit_is_a_typed_callable_whose_attributes_are_the_namespace():
-    from stoax.audit import Audit, AuditError, KINDS
+    from stoax.audit import KINDS, Audit, AuditError
 
     assert isinstance(stoax.audit, Audit)
     assert stoax.audit.AuditReport is AuditReport and stoax.audit.Finding is Finding

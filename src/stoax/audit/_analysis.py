@@ -199,7 +199,7 @@ class Analyzer:
             link = fr.links[i] = _reach.CallLink(eqn, [everything] * len(eqn.invars))
         fr.pending.append((draw, link, everything))
 
-    # -- calls: a summary instantiated at a call site ------------------------------------------------
+    # -- calls: a summary instantiated at a call site ---------------------------------------
     def instantiate(
         self,
         fr: Frame,

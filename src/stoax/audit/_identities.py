@@ -17,7 +17,6 @@ import jax
 import numpy as np
 
 from stoax.audit import _compat
-from stoax.audit._findings import Location
 from stoax.audit._records import PARAM_KINDS, Expr, Site
 
 __all__ = ["Identities", "Substitution", "is_key_dtype", "is_u32"]

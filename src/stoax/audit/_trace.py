@@ -151,11 +151,12 @@ def trace(fn: Callable, args: tuple, kwargs: dict, hooks: Any = None) -> tuple[A
         for i, (path, leaf) in enumerate(leaves):
             if _static_position(path, static):
                 continue
-            if _is_array(leaf):
+            if _is_array(leaf) or (
+                isinstance(leaf, _SCALARS)
+                and (static is not None or _in_plain_containers(path))
+                and (numbers == "traced" or (numbers == "bools static" and type(leaf) is not bool))
+            ):
                 dyn_index.append(i)
-            elif isinstance(leaf, _SCALARS) and (static is not None or _in_plain_containers(path)):
-                if numbers == "traced" or (numbers == "bools static" and type(leaf) is not bool):
-                    dyn_index.append(i)
         try:
             closed = _trace_once(fn, leaves, treedef, dyn_index, hooks)
         except _NEEDS_STATIC:
