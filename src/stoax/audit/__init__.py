@@ -59,8 +59,7 @@ from stoax.audit._report import findings
 from stoax.audit._trace import trace
 from stoax.audit._vmap import VmapHook
 
-__all__ = [
-    "Audit",
+__all__ = [  # and ``Audit``, the type of ``stoax.audit``
     "AuditError",
     "AuditReport",
     "Finding",
