@@ -68,8 +68,11 @@ def test_dead_draws_do_not_count():
 
 def test_a_split_whose_children_are_never_drawn_from_is_not_a_reuse():
     def init_carry(x, key):
-        k1, k2 = jax.random.split(jax.random.key(0))  # children unused: a zero carry
-        del k1, k2
+        # two zero carries, each made by an initialize_carry(jax.random.key(0)) that splits
+        # the key and never draws from the halves (sst2, seq2seq)
+        for _ in range(2):
+            k1, k2 = jax.random.split(jax.random.key(0))
+            del k1, k2
         carry = jnp.zeros_like(x)
         k3, k4 = jax.random.split(key)
         del k4
@@ -398,21 +401,75 @@ def test_stoax_audit_is_a_typed_callable_whose_attributes_are_the_namespace():
 
 def test_equinox_step_returning_the_model():
     eqx = pytest.importorskip("equinox")
-    model = eqx.nn.MLP(4, 4, 8, 2, activation=jax.nn.relu, key=jax.random.key(0))
-    drop = eqx.nn.Dropout(0.1)
 
-    def loss(m, x, key):
-        return jnp.mean(drop(jax.vmap(m)(x), key=key) ** 2)
+    class Net(eqx.Module):
+        layers: list  # a Linear, jax.nn.relu, a Linear: a function among the leaves
+        name: str  # a string field
+        drop: eqx.nn.Dropout
 
-    def step(m, x, key):
-        grads = eqx.filter_grad(loss)(m, x, key)
-        return jax.tree_util.tree_map(
-            lambda p, g: p - 0.1 * g, m, grads, is_leaf=lambda z: z is None
-        )
+        def __call__(self, x, key):
+            for layer in self.layers:
+                x = layer(x)
+            return self.drop(x, key=key)
 
-    x = np.ones((2, 4), np.float32)
-    step_eqx = eqx.filter_jit(
-        lambda m, x, key: eqx.apply_updates(m, eqx.filter_grad(loss)(m, x, key))
+    k1, k2 = jax.random.split(jax.random.key(0))
+    net = Net(
+        [eqx.nn.Linear(4, 8, key=k1), jax.nn.relu, eqx.nn.Linear(8, 4, key=k2)],
+        "mlp",
+        eqx.nn.Dropout(0.1),
     )
-    clean(step_eqx, model, x, KEY)
-    del step
+
+    def loss(model, x, key):
+        return jnp.mean(jax.vmap(model)(x, jax.random.split(key, x.shape[0])) ** 2)
+
+    @eqx.filter_jit
+    def step(model, x, key):
+        grads = eqx.filter_grad(loss)(model, x, key)
+        return eqx.apply_updates(model, jax.tree_util.tree_map(lambda g: -0.1 * g, grads))
+
+    clean(step, net, np.ones((2, 4), np.float32), KEY)
+
+    @eqx.filter_jit
+    def bad(model, x, key):
+        grads = eqx.filter_grad(loss)(model, x, key)
+        model = eqx.apply_updates(model, jax.tree_util.tree_map(lambda g: -0.1 * g, grads))
+        return model, loss(model, x, key)  # BUG:eqx_step_reuse
+
+    at(stoax.audit(bad, net, np.ones((2, 4), np.float32), KEY), "reused_key", "eqx_step_reuse")
+
+
+def test_flax_init_for_shapes_and_a_zero_carry_are_not_findings():
+    nn = pytest.importorskip("flax.linen")
+
+    class Decoder(nn.Module):
+        @nn.compact
+        def __call__(self, x, *, decode: bool = False):
+            x = nn.Dense(8)(x)
+            if decode:
+                cache = self.variable("cache", "last", jnp.zeros, x.shape)
+                cache.value = x
+            return x
+
+    model = Decoder()
+    params = model.init(jax.random.key(1), X)["params"]
+
+    def predict_step(params, x):
+        # lm1b / wmt: the cache's shapes from an init with a fixed key; the params are dropped
+        cache = model.init(jax.random.key(0), x, decode=True)["cache"]
+        out, _ = model.apply({"params": params, "cache": cache}, x, decode=True, mutable=["cache"])
+        return out
+
+    clean(jax.jit(predict_step), params, X)
+
+    cell = nn.LSTMCell(8)
+
+    def encode(params, xs):
+        # sst2 / seq2seq: initialize_carry with a fixed key (twice); the initialiser is zeros
+        carry = cell.initialize_carry(jax.random.key(0), xs[:, 0].shape)
+        carry, _ = cell.apply(params, carry, xs[:, 0])
+        carry2 = cell.initialize_carry(jax.random.key(0), xs[:, 0].shape)
+        carry2, _ = cell.apply(params, carry2, xs[:, 1])
+        return carry[1] + carry2[1]
+
+    cell_params = cell.init(jax.random.key(2), cell.initialize_carry(KEY, X.shape), X)
+    clean(jax.jit(encode), cell_params, X[:, None, :].repeat(2, axis=1))

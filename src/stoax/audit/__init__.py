@@ -155,6 +155,11 @@ class Audit:
     SHARED_SCOPE = SHARED_SCOPE
     shared = staticmethod(shared)
 
+    def __init__(self) -> None:
+        # the name of the package it stands for: ``import stoax.audit._report as r`` resolves
+        # the submodule through it
+        self.__name__ = __name__
+
     def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AuditReport:
         return _run(fn, args, kwargs)
 
