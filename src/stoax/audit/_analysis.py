@@ -33,7 +33,7 @@ _SCOPES_RECOMPUTE = ("rematted_computation",)
 
 def is_recompute(eqn: Any) -> bool:
     """An equation of the backward pass (transpose) or a rematerialised forward."""
-    for scope in _compat.name_stack_scopes(eqn.source_info.name_stack):
+    for scope in _compat.name_stack_scopes(_compat.eqn_name_stack(eqn)):
         if scope.is_transform and scope.name == "transpose":
             return True
         if scope.name in _SCOPES_RECOMPUTE:
@@ -44,12 +44,12 @@ def is_recompute(eqn: Any) -> bool:
 def is_shared(eqn: Any) -> bool:
     """Inside ``stoax.audit.shared()``: randomness shared on purpose."""
     return any(
-        s.name == SHARED_SCOPE for s in _compat.name_stack_scopes(eqn.source_info.name_stack)
+        s.name == SHARED_SCOPE for s in _compat.name_stack_scopes(_compat.eqn_name_stack(eqn))
     )
 
 
 def site_of(eqn: Any) -> Site:
-    return Site(location_of(eqn), eqn.source_info.traceback)
+    return Site(location_of(eqn), _compat.eqn_traceback(eqn))
 
 
 def sub_jaxprs(params: dict) -> list:
@@ -130,7 +130,10 @@ class Analyzer:
                 fr.defs[v] = eqn
         handler = HANDLERS.get(name) or CONTROL.get(name)
         if handler is not None:
-            handler(self, fr, i, eqn)
+            try:
+                handler(self, fr, i, eqn)
+            except KeyError as err:  # a parameter the rule reads was renamed
+                raise _compat.unsupported(f"the {name} primitive has no parameter {err}") from err
             return
         subs = sub_jaxprs(eqn.params)
         if subs:
@@ -140,7 +143,11 @@ class Analyzer:
         if rule is not None or name in HASHING:
             in_ids = [fr.key_ids(a) for a in eqn.invars]
             if rule is not None and any(x is not None for x in in_ids):
-                outs = rule(self, fr, eqn, in_ids)
+                try:
+                    outs = rule(self, fr, eqn, in_ids)
+                except KeyError as err:  # a parameter the rule reads was renamed
+                    msg = f"the {name} primitive has no parameter {err}"
+                    raise _compat.unsupported(msg) from err
                 if outs is not None:
                     deps = fr.dep_all(eqn.invars)
                     for v, ids in zip(eqn.outvars, outs, strict=True):

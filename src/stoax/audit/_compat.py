@@ -29,6 +29,8 @@ __all__ = [
     "batch_trace_class",
     "current_name_stack",
     "current_traceback",
+    "eqn_name_stack",
+    "eqn_traceback",
     "jit_static_args",
     "key_impl_name",
     "key_reuse_checks_off",
@@ -162,6 +164,22 @@ def current_traceback() -> Any:
 def current_name_stack() -> Any:
     """The ``jax.named_scope`` stack JAX is tracing under now."""
     return _source_info_util().current_name_stack()
+
+
+def eqn_traceback(eqn: Any) -> Any:
+    """The traceback recorded with a jaxpr equation."""
+    info = getattr(eqn, "source_info", None)
+    if info is None or not hasattr(info, "traceback"):
+        raise unsupported("a jaxpr equation has no source_info.traceback")
+    return info.traceback
+
+
+def eqn_name_stack(eqn: Any) -> Any:
+    """The ``jax.named_scope`` stack recorded with a jaxpr equation."""
+    info = getattr(eqn, "source_info", None)
+    if info is None or not hasattr(info, "name_stack"):
+        raise unsupported("a jaxpr equation has no source_info.name_stack")
+    return info.name_stack
 
 
 class Scope(NamedTuple):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from stoax.audit import _compat
 from stoax.audit._compat import Literal
 from stoax.audit._identities import Identities
 from stoax.audit._records import Draw, Expr
@@ -171,8 +172,14 @@ class Frame:
             return np.zeros(shape, np.dtype(v.aval.dtype))
         if any(x is None for x in vals):
             return None
-        with np.errstate(all="ignore"):
-            out = np.asarray(fn(*vals, **eqn.params))
+        try:
+            with np.errstate(all="ignore"):
+                out = np.asarray(fn(*vals, **eqn.params))
+        except TypeError as err:
+            if "keyword" not in str(err):
+                raise
+            # a parameter the rule reads was renamed
+            raise _compat.unsupported(f"cannot fold the {name} primitive ({err})") from err
         return np.asarray(out, dtype=np.dtype(v.aval.dtype)).reshape(shape)
 
     # -- data identities -------------------------------------------------------------------------

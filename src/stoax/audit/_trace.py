@@ -108,7 +108,7 @@ def distinguishing_frames(tb_a: Any, tb_b: Any) -> tuple[Location, Location] | N
 
 
 def location_of(eqn: Any) -> Location | None:
-    return user_location(eqn.source_info.traceback)
+    return user_location(_compat.eqn_traceback(eqn))
 
 
 _SCALARS = (bool, int, float, complex)

@@ -331,7 +331,7 @@ class VmapHook:
 
         for eqn in jaxpr.eqns:
             in_flags = [read(a) for a in eqn.invars]
-            sh = shared or _shared_name_stack(eqn.source_info.name_stack)
+            sh = shared or _shared_name_stack(_compat.eqn_name_stack(eqn))
             name = eqn.primitive.name
             if name in ("random_bits", "random_unwrap"):
                 if in_flags[0][0]:
