@@ -307,6 +307,31 @@ def test_split_children_equal_fold_ins_numerically_and_for_the_auditor():
     clean(distinct, X, KEY)
 
 
+@pytest.fixture
+def classic_threefry():
+    """The non-partitionable threefry (JAX's default before 0.5), restored afterwards."""
+    before = jax.config.jax_threefry_partitionable
+    jax.config.update("jax_threefry_partitionable", False)
+    yield
+    jax.config.update("jax_threefry_partitionable", before)
+
+
+def test_without_partitionable_threefry_split_and_fold_in_differ(classic_threefry):
+    key = jax.random.key(7)
+    kids = jax.random.split(key, 3)
+    for i in range(3):
+        same = jax.random.key_data(kids[i]) == jax.random.key_data(jax.random.fold_in(key, i))
+        assert not bool(same.all()), i
+
+    def f(x, key):
+        a, _ = jax.random.split(key)
+        return jax.random.normal(a, x.shape) + jax.random.normal(
+            jax.random.fold_in(key, 0), x.shape
+        )
+
+    clean(f, X, KEY)
+
+
 def test_rbg_split_children_equal_fold_ins_too():
     key = jax.random.key(3, impl="rbg")
     kids = jax.random.split(key, 3)
