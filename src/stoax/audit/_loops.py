@@ -14,7 +14,7 @@ A loop body is analysed once. Then, per loop:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -115,59 +115,59 @@ def _varying(summ: Summary, nc: int, nk: int, n_in: int, fixed_xs: set, passthro
     return varying
 
 
-def _loop(
-    an: Analyzer,
-    fr: Frame,
-    i: int,
-    eqn: Any,
-    body: Any,
-    consts: list,
-    carry: list,
-    xs: list,
-    length: int | None,
-    reverse: bool = False,
-    cond: Any = None,
-    cond_consts: list = (),
-) -> None:
-    """A loop: ``body(consts, carry, xs) -> (carry, ys)``; ``eqn.outvars`` are carry + ys."""
-    nc, nk = len(consts), len(carry)
-    atoms = [*consts, *carry, *xs]
-    o_ids = [fr.key_ids(a) for a in atoms]
-    # a scanned input seen from the body is one slice; one whose slices are all the same keys
-    # (a key broadcast into xs) does not change from one iteration to the next
+class _Loop(NamedTuple):
+    """A loop equation seen as ``body(consts, carry, xs) -> (carry, ys)`` (``eqn.outvars``: the
+    final carry, then the stacked ys); a ``while`` also has its ``cond(cond_consts, carry)``."""
+
+    eqn: Any
+    body: Any
+    consts: list
+    carry: list
+    xs: list
+    length: int | None  # None: unknown (a while loop)
+    reverse: bool = False
+    cond: Any = None
+    cond_consts: tuple = ()
+
+    @property
+    def atoms(self) -> list:
+        return [*self.consts, *self.carry, *self.xs]
+
+
+def _slices(loop: _Loop, o_ids: list) -> tuple[list, set[int]]:
+    """The body's view of its inputs' keys -- a scanned input is one slice -- and the scanned
+    inputs whose slices are all the same keys (a key broadcast into xs: it does not change)."""
+    first = len(loop.consts) + len(loop.carry)
     p_ids = list(o_ids)
-    fixed_xs: set[int] = set()
-    for k in range(nc + nk, len(atoms)):
+    fixed: set[int] = set()
+    for k in range(first, len(p_ids)):
         ids = p_ids[k]
         if ids is not None and ids.ndim >= 1 and ids.shape[0] > 0:
-            p_ids[k] = ids[-1 if reverse else 0]
+            p_ids[k] = ids[-1 if loop.reverse else 0]
             if ids.shape[0] > 1 and (ids == ids[:1]).all():
-                fixed_xs.add(k)
+                fixed.add(k)
         else:
             p_ids[k] = None
-    has = tuple(x is not None for x in p_ids)
-    summ = an.analyze(body, has)
-    # carries returned unchanged: the very variable, or the very keys that went in
-    inner = open_jaxpr(body)
-    passthrough = [inner.outvars[j] is inner.invars[nc + j] for j in range(nk)]
-    for j in range(nk):
-        if not passthrough[j] and has[nc + j] and summ.out_ids[j] is not None:
-            pid = an.ids.param_ids(nc + j, carry[j].aval)
-            passthrough[j] = bool(np.array_equal(summ.out_ids[j], pid))
-    varying = _varying(summ, nc, nk, len(atoms), fixed_xs, passthrough)
-    loop_site = site_of(eqn)
-    carried = _carried_reuse(an, summ, nc, nk, atoms, p_ids, varying) if (length or 2) > 1 else {}
+    return p_ids, fixed
 
-    def mark(n: int, d: Draw) -> dict:
-        changes: dict = {}
-        if d.prim in DRAWS and d.deps and not (d.deps & varying) and not d.shared:
-            changes["loop_invariant"] = loop_site
-        elif n in carried and not d.shared:
-            changes["carried"] = (carried[n], loop_site)
-        return changes
 
-    # outer dependencies of the body's inputs; carries: a fixpoint over the iterations
-    p_deps = [fr.dep(a) for a in atoms]
+def _passthrough(an: Analyzer, loop: _Loop, summ: Summary, has: tuple) -> list[bool]:
+    """Carries returned unchanged: the very variable, or the very keys that went in."""
+    nc = len(loop.consts)
+    inner = open_jaxpr(loop.body)
+    out = []
+    for j, c in enumerate(loop.carry):
+        same = inner.outvars[j] is inner.invars[nc + j]
+        if not same and has[nc + j] and summ.out_ids[j] is not None:
+            same = bool(np.array_equal(summ.out_ids[j], an.ids.param_ids(nc + j, c.aval)))
+        out.append(same)
+    return out
+
+
+def _carry_deps(an: Analyzer, fr: Frame, loop: _Loop, summ: Summary, p_ids: list) -> list[int]:
+    """Outer input masks of the body's inputs; a carry's grows over the iterations (fixpoint)."""
+    nc, nk = len(loop.consts), len(loop.carry)
+    p_deps = [fr.dep(a) for a in loop.atoms]
     probe = Substitution(an.ids, p_deps, p_ids, lambda k: an.ids.fresh())
     changed = True
     while changed:
@@ -178,43 +178,67 @@ def _loop(
             if new != p_deps[nc + j]:
                 p_deps[nc + j] = new
                 changed = True
+    return p_deps
 
-    def p_did(k: int) -> int:
-        return fr.data_id(atoms[k]) if k < nc else an.ids.fresh()
 
-    # reach: the while condition is sub-output nk (+ no ys), reached by what it reads
-    virtual = cond is not None
-    c_summ = None
-    c_atoms: list = []
-    if cond is not None:
-        c_atoms = [*cond_consts, *carry]
-        c_ids = [fr.key_ids(a) for a in c_atoms]
-        c_summ = an.analyze(cond, tuple(x is not None for x in c_ids))
-    n_sub_out = len(eqn.outvars)
-    cond_bit = 1 << (n_sub_out + 1)
+def _link(loop: _Loop, summ: Summary, c_summ: Summary | None) -> tuple[_LoopLink, Any]:
+    """How reach flows through the loop; and the map of the condition's masks (a ``while``'s
+    condition is a virtual sub-output after the body's, deciding every output)."""
+    nc, nk, ncc = len(loop.consts), len(loop.carry), len(loop.cond_consts)
+    cond_bit = 1 << (len(loop.eqn.outvars) + 1)
 
     def via_cond(m: int) -> int:
         return (m & 1) | (cond_bit if m & ~1 else 0)
 
     carry_reach = [summ.param_reach[nc + j] for j in range(nk)]
-    in_masks = [0] * len(eqn.invars)
-    offset = len(cond_consts)
-    for k in range(len(atoms)):
-        in_masks[offset + k] = summ.param_reach[k]
+    in_masks = [0] * ncc + list(summ.param_reach)
     if c_summ is not None:
-        for k in range(len(cond_consts)):
+        for k in range(ncc):
             in_masks[k] = via_cond(c_summ.param_reach[k])
         for j in range(nk):
-            extra = via_cond(c_summ.param_reach[len(cond_consts) + j])
-            in_masks[offset + nc + j] |= extra
+            extra = via_cond(c_summ.param_reach[ncc + j])
+            in_masks[ncc + nc + j] |= extra
             carry_reach[j] |= extra
-    link = fr.links[i] = _LoopLink(eqn, in_masks, nk, carry_reach, virtual)
+    return _LoopLink(loop.eqn, in_masks, nk, carry_reach, c_summ is not None), via_cond
+
+
+def _loop(an: Analyzer, fr: Frame, i: int, loop: _Loop) -> None:
+    eqn, atoms = loop.eqn, loop.atoms
+    nc, nk = len(loop.consts), len(loop.carry)
+    o_ids = [fr.key_ids(a) for a in atoms]
+    p_ids, fixed_xs = _slices(loop, o_ids)
+    has = tuple(x is not None for x in p_ids)
+    summ = an.analyze(loop.body, has)
+    passthrough = _passthrough(an, loop, summ, has)
+    varying = _varying(summ, nc, nk, len(atoms), fixed_xs, passthrough)
+    loop_site = site_of(eqn)
+    carried = {}
+    if loop.length is None or loop.length > 1:
+        carried = _carried_reuse(an, summ, nc, nk, atoms, p_ids, varying)
+
+    def mark(n: int, d: Draw) -> dict:
+        if d.prim in DRAWS and d.deps and not (d.deps & varying):
+            # declared (stoax.audit.shared()): the same randomness every iteration on purpose
+            return {} if d.shared else {"loop_invariant": loop_site}
+        if n in carried:  # reuse, declared or not
+            return {"carried": (carried[n], loop_site)}
+        return {}
+
+    p_deps = _carry_deps(an, fr, loop, summ, p_ids)
+    c_summ = None
+    if loop.cond is not None:
+        c_ids = [fr.key_ids(a) for a in (*loop.cond_consts, *loop.carry)]
+        c_summ = an.analyze(loop.cond, tuple(x is not None for x in c_ids))
+    link, via_cond = _link(loop, summ, c_summ)
+    fr.links[i] = link
+
+    def p_did(k: int) -> int:  # consts are the same value on every iteration
+        return fr.data_id(atoms[k]) if k < nc else an.ids.fresh()
 
     sub = Substitution(an.ids, p_deps, p_ids, p_did)
     an.instantiate(fr, summ, eqn, sub, link, in_loop=True, mark=mark)
     if c_summ is not None:
-        c_deps = [fr.dep(a) for a in cond_consts] + p_deps[nc : nc + nk]
-        c_ids = [fr.key_ids(a) for a in c_atoms]
+        c_deps = [fr.dep(a) for a in loop.cond_consts] + p_deps[nc : nc + nk]
         c_sub = Substitution(an.ids, c_deps, c_ids, lambda k: an.ids.fresh())
         an.instantiate(fr, c_summ, eqn, c_sub, link, in_loop=True, mask_of=via_cond)
     for j, v in enumerate(eqn.outvars[:nk]):
@@ -278,28 +302,17 @@ def _scan(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
     lay = _compat.scan_layout(eqn.params)
     ins = list(eqn.invars)
     nc, nk = lay.num_consts, lay.num_carry
-    _loop(
-        an,
-        fr,
-        i,
-        eqn,
-        lay.body,
-        ins[:nc],
-        ins[nc : nc + nk],
-        ins[nc + nk :],
-        lay.length,
-        lay.reverse,
+    loop = _Loop(
+        eqn, lay.body, ins[:nc], ins[nc : nc + nk], ins[nc + nk :], lay.length, lay.reverse
     )
+    _loop(an, fr, i, loop)
 
 
 def _while(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
     lay = _compat.while_layout(eqn.params)
     cn, bn = lay.cond_nconsts, lay.body_nconsts
     ins = list(eqn.invars)
-    _loop(
-        an,
-        fr,
-        i,
+    loop = _Loop(
         eqn,
         lay.body,
         ins[cn : cn + bn],
@@ -307,8 +320,9 @@ def _while(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
         [],
         None,
         cond=lay.cond,
-        cond_consts=ins[:cn],
+        cond_consts=tuple(ins[:cn]),
     )
+    _loop(an, fr, i, loop)
 
 
 CONTROL = {"cond": _cond, "scan": _scan, "while": _while}
