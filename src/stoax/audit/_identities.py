@@ -19,7 +19,7 @@ import numpy as np
 from stoax.audit import _compat
 from stoax.audit._records import PARAM_KINDS, Expr, Site
 
-__all__ = ["Identities", "Substitution", "is_key_dtype", "is_u32"]
+__all__ = ["Identities", "Substitution", "is_key_dtype", "is_u32", "set_bits"]
 
 _MAX_ARRAY = 1 << 16  # key arrays larger than this are not tracked element by element
 
@@ -36,6 +36,17 @@ def is_u32(dtype: Any) -> bool:
         return np.dtype(dtype) == np.uint32
     except TypeError:
         return False
+
+
+def set_bits(m: int) -> list[int]:
+    """The indices of the set bits of ``m`` (a non-negative int of any size)."""
+    s = bin(m)[:1:-1]  # least significant first, without "0b"
+    out = []
+    i = s.find("1")
+    while i >= 0:
+        out.append(i)
+        i = s.find("1", i + 1)
+    return out
 
 
 class Identities:
@@ -175,7 +186,7 @@ class Substitution:
     identities (or None); ``p_did(i)`` its data identity.
     """
 
-    __slots__ = ("ids", "p_deps", "p_ids", "p_did", "memo", "mask_memo")
+    __slots__ = ("ids", "p_deps", "p_ids", "p_did", "memo", "mask_memo", "_identity")
 
     def __init__(
         self, ids: Identities, p_deps: list[int], p_ids: list, p_did: Callable[[int], int]
@@ -186,17 +197,17 @@ class Substitution:
         self.p_did = p_did
         self.memo: dict[int, int] = {}
         self.mask_memo: dict[int, int] = {}
+        # input k of the summary is input k of the caller (a jitted step called with its inputs)
+        self._identity = all(d == 1 << k for k, d in enumerate(p_deps))
 
     def mask(self, m: int) -> int:
-        if m == 0:
-            return 0
+        if m == 0 or self._identity:
+            return m
         r = self.mask_memo.get(m)
         if r is None:
-            r, rest, p_deps = 0, m, self.p_deps
-            while rest:
-                low = rest & -rest
-                r |= p_deps[low.bit_length() - 1]
-                rest ^= low
+            r, p_deps = 0, self.p_deps
+            for k in set_bits(m):
+                r |= p_deps[k]
             self.mask_memo[m] = r
         return r
 

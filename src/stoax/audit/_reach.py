@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from stoax.audit._compat import Literal
+from stoax.audit._identities import set_bits
 
 __all__ = ["AllLink", "CallLink", "Link", "all_outputs", "backward", "map_mask"]
 
@@ -24,11 +25,8 @@ def all_outputs(n_out: int, effects: bool) -> int:
 def map_mask(m: int, outr: list[int]) -> int:
     """Rewrite a sub-jaxpr mask ``m`` with ``outr[j]``, the caller's reach of sub-output ``j``."""
     r = m & 1
-    rest = m >> 1
-    while rest:
-        low = rest & -rest
-        r |= outr[low.bit_length() - 1]
-        rest ^= low
+    for j in set_bits(m >> 1):
+        r |= outr[j]
     return r
 
 
