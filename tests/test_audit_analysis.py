@@ -196,6 +196,21 @@ def test_the_same_traced_int32_step_folded_in_twice():
     at(stoax.audit(f, X, KEY, jnp.asarray(3)), "reused_key", "fold_s_twice")
     at(stoax.audit(f, X, KEY, jnp.uint32(3)), "reused_key", "fold_s_twice")
 
+    def computed_twice(x, key, s):
+        a = jax.random.normal(jax.random.fold_in(key, s + 1), x.shape)
+        return a + jax.random.normal(jax.random.fold_in(key, s + 1), x.shape)  # BUG:s_plus_1
+
+    at(stoax.audit(computed_twice, X, KEY, jnp.asarray(3)), "reused_key", "s_plus_1")
+    clean(
+        lambda x, key, s: (
+            jax.random.normal(jax.random.fold_in(key, s), x.shape)
+            + jax.random.normal(jax.random.fold_in(key, s + 1), x.shape)
+        ),
+        X,
+        KEY,
+        jnp.asarray(3),
+    )
+
     drop = stoax.nn.Dropout(0.5)
 
     def g(x, s):

@@ -162,7 +162,9 @@ class Frame:
     def _fold(self, eqn: Any, v: Any, depth: int) -> np.ndarray | None:
         name = eqn.primitive.name
         fn = _FOLD.get(name)
-        if fn is None or len(eqn.outvars) != 1:
+        if fn is None or len(eqn.outvars) != 1 or len(eqn.invars) > 33:  # np.choose: <= 32
+            return None
+        if name == "reshape" and eqn.params.get("dimensions") not in (None, ()):
             return None
         shape = tuple(v.aval.shape)
         if int(np.prod(shape, dtype=np.int64)) > _MAX_FOLD:

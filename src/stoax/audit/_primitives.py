@@ -262,7 +262,7 @@ def _gather(an, fr, eqn, in_ids):
 def _select_n(an, fr, eqn, in_ids):
     pred, *cases = eqn.invars
     case_ids = in_ids[1:]
-    if any(c is None for c in case_ids):
+    if any(c is None for c in case_ids) or len(case_ids) > 32:  # np.choose takes <= 32 cases
         return None
     out_shape = tuple(eqn.outvars[0].aval.shape)
     case_ids = [np.broadcast_to(c, out_shape) for c in case_ids]
