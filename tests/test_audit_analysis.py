@@ -140,6 +140,33 @@ def test_reading_a_keys_raw_data_is_not_a_consumption():
     clean(f, X, KEY)
 
 
+def test_uint32_counters_are_data_not_legacy_keys():
+    # per-layer rng streams scanned over (Flax NNX scan over layers): keys and uint32 counters
+    def f(x, keys, counts):
+        def body(h, kc):
+            k, c = kc
+            return h + jax.random.normal(jax.random.fold_in(k, c), h.shape), c + 1
+
+        return jax.lax.scan(body, x, (keys, counts))
+
+    clean(f, X, jax.random.split(KEY, 3), jnp.zeros(3, jnp.uint32))
+
+
+def test_a_model_updated_in_place_keeps_its_draws_live():
+    # a Flax NNX step returns only the loss; the updated state is in its arguments
+    class Box:
+        def __init__(self, w):
+            self.w = w
+
+    jax.tree_util.register_pytree_node(Box, lambda b: ((b.w,), None), lambda _, c: Box(*c))
+
+    def step(box, x):
+        box.w = box.w + jax.random.normal(jax.random.key(0), box.w.shape)  # BUG:in_place
+        return jnp.sum(x)
+
+    at(stoax.audit(step, Box(jnp.zeros(3)), X), "constant_key", "in_place")
+
+
 def test_outputs_that_are_not_arrays_are_filtered():
     def step(x, key):
         return {"act": jax.nn.relu, "name": "layer", "y": x * jax.random.normal(key, x.shape)}

@@ -118,8 +118,12 @@ def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> AuditReport:
 
 
 def _input_has_ids(aval: Any) -> bool:
+    """A typed key array, or what looks like legacy key data: ``uint32[..., 2]`` (threefry,
+    ``jax.random.PRNGKey``) or ``uint32[..., 4]`` (rbg). Other ``uint32`` arrays (step counters)
+    are data."""
     dtype = getattr(aval, "dtype", None)
-    return is_key_dtype(dtype) or (is_u32(dtype) and len(getattr(aval, "shape", ())) >= 1)
+    shape = tuple(getattr(aval, "shape", ()))
+    return is_key_dtype(dtype) or (is_u32(dtype) and len(shape) >= 1 and shape[-1] in (2, 4))
 
 
 def _name(fn: Any) -> str:

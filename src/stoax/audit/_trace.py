@@ -13,7 +13,8 @@
   closed over as a static value, as ``equinox.filter_jit`` does.
 
 Outputs are filtered the same way: only array leaves are outputs (an Equinox step returning the
-updated model has functions and strings among its leaves).
+updated model has functions and strings among its leaves). The arguments' arrays after the call
+are outputs too (a Flax NNX step updates its model in place).
 """
 
 from __future__ import annotations
@@ -177,7 +178,10 @@ def _trace_once(fn: Callable, leaves: list, treedef: Any, dyn_index: list[int], 
             full[i] = v
         a, k = jax.tree_util.tree_unflatten(treedef, full)
         out = fn(*a, **k)
-        return [x for x in jax.tree_util.tree_leaves(out) if isinstance(x, jax.Array)]
+        # the arguments' arrays after the call are outputs too: a Flax NNX step updates its
+        # model and optimiser in place rather than returning them
+        after = jax.tree_util.tree_leaves((out, a, k))
+        return [x for x in after if isinstance(x, jax.core.Tracer)]
 
     dyn_args = [values[i] for i in dyn_index]
     with _compat.key_reuse_checks_off(), _compat.retrace_inner_jits():
