@@ -23,7 +23,10 @@ which is what a user waits for:
   reuses them, while the audit always re-traces inner ``jit`` functions (to see a ``vmap`` inside
   a function traced before the audit), so this ratio is the audit's worst case.
 
-The equations and random draws of the audit are printed, and every report must be clean.
+Times are CPU seconds of the process (``time.process_time``): tracing is single-threaded Python,
+so on an idle machine they equal the wall-clock wait, and on a shared machine they are not
+inflated by other processes. The equations and random draws of the audit are printed, and every
+report must be clean.
 
     python benchmarks/audit_speed.py [--layers 24] [--repeats 3]
 """
@@ -162,12 +165,12 @@ PROGRAMS = {"flax-wmt": flax_wmt_program, "stack": stack_program, "unrolled": un
 def _time_once(name: str, layers: int, mode: str) -> tuple[float, int, int]:
     """Build ``name`` and time one ``make_jaxpr`` or audit of it: (seconds, equations, draws)."""
     step, step_args = PROGRAMS[name](layers)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if mode == "plain":
         jax.make_jaxpr(step)(*step_args)
-        return time.perf_counter() - t0, 0, 0
+        return time.process_time() - t0, 0, 0
     report = stoax.audit(step, *step_args)
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     if not report.ok:
         raise SystemExit(f"unexpected findings on correct code:\n{report}")
     return seconds, report.num_equations, report.num_draws

@@ -13,6 +13,7 @@ entry in their tables.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,15 @@ def open_jaxpr(j: Any) -> Any:
     return j.jaxpr if isinstance(j, ClosedJaxpr) else j
 
 
+@functools.cache
+def _rules() -> tuple[dict, frozenset, dict]:
+    """The tables of rules per primitive (their modules import this one)."""
+    from stoax.audit._loops import CONTROL
+    from stoax.audit._primitives import HANDLERS, HASHING, STRUCTURAL
+
+    return {**HANDLERS, **CONTROL}, HASHING, STRUCTURAL
+
+
 class Analyzer:
     """One audit's analysis state: the identities and the memo of sub-jaxpr summaries."""
 
@@ -121,14 +131,12 @@ class Analyzer:
         return summ
 
     def _eqn(self, fr: Frame, i: int, eqn: Any) -> None:
-        from stoax.audit._loops import CONTROL
-        from stoax.audit._primitives import HANDLERS, HASHING, STRUCTURAL
-
+        HANDLERS, HASHING, STRUCTURAL = _rules()  # noqa: N806
         name = eqn.primitive.name
         if name in VALUE_OPS:
             for v in eqn.outvars:
                 fr.defs[v] = eqn
-        handler = HANDLERS.get(name) or CONTROL.get(name)
+        handler = HANDLERS.get(name)
         if handler is not None:
             try:
                 handler(self, fr, i, eqn)

@@ -142,8 +142,11 @@ class Frame:
 
     # -- constants -------------------------------------------------------------------------------
     def set_const(self, v: Any, val: Any) -> None:
-        arr = np.asarray(val) if _is_int_like(getattr(val, "dtype", None)) else None
-        self.vals[v] = arr if arr is not None and arr.size <= _MAX_FOLD else None
+        small = getattr(val, "size", _MAX_FOLD + 1) <= _MAX_FOLD
+        if small and _is_int_like(getattr(val, "dtype", None)):
+            self.vals[v] = np.asarray(val)
+        else:
+            self.vals[v] = None
 
     def value(self, a: Any, depth: int = 0) -> np.ndarray | None:
         """The value of ``a`` when it is a small integer / boolean constant, else None."""

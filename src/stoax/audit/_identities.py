@@ -87,6 +87,9 @@ class Identities:
     # -- data and constants ------------------------------------------------------------------
     def value_id(self, val: Any) -> int:
         """The identity of a constant value (a literal, a folded constant, a captured array)."""
+        size = getattr(val, "size", None)
+        if size is not None and size > 64:  # not copied to the host: named by the object
+            return self.intern(Expr("object", id(val)))
         if is_key_dtype(getattr(val, "dtype", None)):
             val = jax.random.key_data(val)
         arr = np.asarray(val)
