@@ -8,17 +8,32 @@ file and line number a finding points at.
 
 from __future__ import annotations
 
-import equinox as eqx
-import flax.linen as linen
-import haiku as hk
+import importlib
+
 import jax
 import jax.numpy as jnp
 import optax
 import pytest
-from flax import nnx
 
 import stoax
 from stoax.audit import AuditError
+
+
+def _optional(name: str):
+    """A peer library, or None where it is not installed (the plain-JAX tests still run)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+eqx = _optional("equinox")
+linen = _optional("flax.linen")
+nnx = _optional("flax.nnx")
+hk = _optional("haiku")
+needs_eqx = pytest.mark.skipif(eqx is None, reason="equinox is not installed")
+needs_flax = pytest.mark.skipif(linen is None or nnx is None, reason="flax is not installed")
+needs_haiku = pytest.mark.skipif(hk is None, reason="dm-haiku is not installed")
 
 HERE = __file__
 with open(HERE) as _fh:
@@ -57,11 +72,13 @@ KEY = jax.random.key(1)
 # S0: Flax dropout under jit with a key fixed inside the step / captured as a constant
 
 
-class LinenNet(linen.Module):
-    @linen.compact
-    def __call__(self, x, train: bool = True):
-        x = linen.Dense(8)(x)
-        return linen.Dropout(0.5, deterministic=not train)(x)  # BUG:linen_captured
+if linen is not None:
+
+    class LinenNet(linen.Module):
+        @linen.compact
+        def __call__(self, x, train: bool = True):
+            x = linen.Dense(8)(x)
+            return linen.Dropout(0.5, deterministic=not train)(x)  # BUG:linen_captured
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +86,7 @@ def linen_params():
     return LinenNet().init(jax.random.key(0), X, train=False)
 
 
+@needs_flax
 @pytest.mark.allow_key_reuse
 def test_s0_linen_key_fixed_inside_jitted_step(linen_params):
     @jax.jit
@@ -82,6 +100,7 @@ def test_s0_linen_key_fixed_inside_jitted_step(linen_params):
     assert not report.ok
 
 
+@needs_flax
 @pytest.mark.allow_key_reuse
 def test_s0_linen_key_captured_as_jit_constant(linen_params):
     captured = jax.random.PRNGKey(0)
@@ -95,6 +114,7 @@ def test_s0_linen_key_captured_as_jit_constant(linen_params):
     at(report, "constant_key", "linen_captured")
 
 
+@needs_flax
 def test_s0_linen_fixed_key_per_call_is_clean(linen_params):
     @jax.jit
     def step(params, x, key):
@@ -104,6 +124,7 @@ def test_s0_linen_fixed_key_per_call_is_clean(linen_params):
     assert stoax.audit(step, linen_params, X, jax.random.key(3)).ok
 
 
+@needs_flax
 @pytest.mark.allow_key_reuse
 def test_s0_nnx_rngs_made_inside_the_step():
     model = nnx.Sequential(nnx.Linear(8, 8, rngs=nnx.Rngs(0)), nnx.Dropout(0.5))
@@ -131,9 +152,10 @@ def _haiku_forward(x):
     return hk.dropout(hk.next_rng_key(), 0.5, x)
 
 
-HAIKU_NET = hk.transform(_haiku_forward)
+HAIKU_NET = hk.transform(_haiku_forward) if hk is not None else None
 
 
+@needs_haiku
 @pytest.mark.allow_key_reuse
 def test_s0_haiku_constant_key_in_apply():
     params = HAIKU_NET.init(jax.random.PRNGKey(1), X)
@@ -147,6 +169,7 @@ def test_s0_haiku_constant_key_in_apply():
     at(report, "constant_key", "haiku_s0")
 
 
+@needs_haiku
 @pytest.mark.allow_key_reuse
 def test_haiku_two_views_with_one_key_reuse_it():
     # Two dropout "views" of a batch (R-Drop, consistency losses) from one key: both applies
@@ -202,6 +225,7 @@ def test_s0_plain_jax_key_captured_as_constant(make_key):
 # S1/S2: a scan whose body uses a key that does not change per step
 
 
+@needs_eqx
 @pytest.mark.allow_key_reuse
 def test_s2_equinox_dropout_in_scan_with_closed_over_key():
     drop = eqx.nn.Dropout(0.5)
@@ -317,6 +341,7 @@ def test_same_key_for_two_dropout_masks():
     assert stoax.audit(fixed, X, KEY).ok
 
 
+@needs_eqx
 @pytest.mark.allow_key_reuse
 def test_equinox_same_key_for_two_dropouts():
     drop = eqx.nn.Dropout(0.5)
@@ -506,6 +531,7 @@ def test_remat_and_custom_vjp_regenerating_the_mask_are_not_reuse():
     assert stoax.audit(jax.grad(loss), X, KEY).ok
 
 
+@needs_flax
 def test_flax_linen_with_rng_per_call_and_grad_is_clean(linen_params):
     def loss(params, x, key):
         return LinenNet().apply(params, x, rngs={"dropout": key}).sum()
@@ -514,6 +540,7 @@ def test_flax_linen_with_rng_per_call_and_grad_is_clean(linen_params):
     assert stoax.audit(step, linen_params, X, KEY).ok
 
 
+@needs_eqx
 def test_equinox_keys_split_per_layer_is_clean():
     class Net(eqx.Module):
         l1: eqx.nn.Linear

@@ -28,20 +28,7 @@ BUGS = Path(__file__).parent / "audit_bugs"
 REPRODUCTIONS = sorted(BUGS.glob("*.py"))
 
 # reproduction (file stem) -> what the analyser misses (issue 12)
-XFAIL: dict[str, str] = {
-    "blackjax_53_consumed_and_carried": (
-        "miss: a key consumed in a while_loop body and also carried to the next iteration, "
-        "where it is split again"
-    ),
-    "jax_13341_split_equals_fold_in": (
-        "miss: keys equal by value (split(k)[0] == fold_in(k, 0) under partitionable threefry)"
-    ),
-    "jax_19520_fold_in_same_step_twice": "miss: the same traced int32 step folded in twice",
-    "equinox_diffusion_example_splits_key_twice": (
-        "crash: the Equinox step returns a model with non-array leaves (eqx.nn.MLP's "
-        "activation): tracing the outputs fails"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 
 def _lines(path: Path, marker: str) -> list[int]:

@@ -26,27 +26,7 @@ CORPUS = Path(__file__).parent / "audit_corpus"
 PROGRAMS = sorted(CORPUS.glob("*.py"))
 
 # program (file stem) -> the false alarm the analyser still raises on it (issue 12)
-_DEAD_DRAW = (
-    "dead draw: Model.init(PRNGKey(0), ...) called only for the cache's shapes (the parameters "
-    "it draws are discarded) is reported as constant_key"
-)
-_EQX_OUTPUTS = (
-    "Equinox step returning a model with non-array leaves ({}): tracing the outputs fails"
-)
-XFAIL: dict[str, str] = {
-    "flax_lm1b_predict_step": _DEAD_DRAW,
-    "flax_wmt_initialize_cache": _DEAD_DRAW,
-    "flax_sst2_train_step": (
-        "split never drawn from: both LSTM directions' initialize_carry(jax.random.key(0)) "
-        "(a zero carry) is reported as reused_key"
-    ),
-    "eqx_dcgan_train_iteration": _EQX_OUTPUTS.format("BatchNorm axis_name, jax.nn.relu"),
-    "eqx_mnist_make_step": _EQX_OUTPUTS.format("jax.nn.relu, jnp.ravel in the layer list"),
-    "jax_advi_update": (
-        "int step args: the iteration passed as a Python int (traced by jax.jit) is taken as a "
-        "constant, so random.key(t) is reported as constant_key"
-    ),
-}
+XFAIL: dict[str, str] = {}
 
 # Programs whose step draws nothing, or only draws whose results it discards (Flax's
 # init-for-shapes, the samples a teacher-forced decoder returns and the step ignores): an

@@ -1,6 +1,6 @@
 """stoax: neural-network modules for JAX with randomness you can trust."""
 
-from stoax import audit, keys, nn, random, sharding
+from stoax import keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
@@ -8,6 +8,7 @@ from stoax._partition import combine, partition, trainable
 from stoax._precision import cast
 from stoax._state import StateError, apply, has_state, state_field
 from stoax._summary import count_params, tabulate
+from stoax.audit import audit  # the callable object; the package stoax.audit is its namespace
 from stoax.keys import step_key
 from stoax.transforms import scan
 

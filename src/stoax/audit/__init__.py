@@ -23,39 +23,43 @@ Example:
     ...             jax.numpy.ones(4), jax.random.key(0)).ok
     True
 
-Array leaves of the arguments (``jax.Array``, ``numpy`` arrays, ``jax.ShapeDtypeStruct``) are the
-traced inputs; every other leaf (modules' static fields, Python numbers, functions) is closed over
-as a static value, as ``equinox.filter_jit`` does.
+Arguments are seen as ``jax.jit`` sees them: array leaves and Python numbers (at the top level
+or in lists, tuples and dicts) are traced, except the ``static_argnums`` / ``static_argnames`` of
+a ``jax.jit`` function; every other leaf (modules' fields that are not arrays, functions) is
+closed over as a static value, as ``equinox.filter_jit`` does. Only array leaves of the result
+are outputs, and a draw whose result reaches no output (nor a side effect) is dead code: it does
+not count.
+
+``stoax.audit`` is an :class:`Audit` object: calling it audits, and its attributes are this
+package's public names (``stoax.audit.shared()``, ``stoax.audit.AuditReport``, ...);
+``from stoax.audit import AuditReport, Finding`` imports from the package as usual.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
-from stoax.audit._dataflow import DRAWS, SHARED_SCOPE, Analyzer, Draw
+from stoax.audit._analysis import SHARED_SCOPE, Analyzer
 from stoax.audit._findings import (
-    CONSTANT_KEY,
     KINDS,
-    LOOP_INVARIANT_KEY,
-    REUSED_KEY,
-    VMAP_SHARED_KEY,
     AuditError,
     AuditReport,
     Finding,
     Kind,
     Location,
 )
-from stoax.audit._trace import distinguishing_frames, trace
+from stoax.audit._identities import is_key_dtype, is_u32
+from stoax.audit._records import DRAWS
+from stoax.audit._report import findings
+from stoax.audit._trace import trace
 from stoax.audit._vmap import VmapHook
 
-__all__ = [
+__all__ = [  # and ``Audit``, the type of ``stoax.audit``
     "AuditError",
     "AuditReport",
     "Finding",
@@ -69,10 +73,12 @@ __all__ = [
 
 
 def shared() -> contextlib.AbstractContextManager:
-    """Declare randomness drawn inside this block as *shared on purpose* across ``vmap``.
+    """Declare randomness drawn inside this block as *shared on purpose*.
 
     It is ``jax.named_scope("stoax_shared_randomness")``: it changes nothing in the computation,
-    and ``stoax.audit`` does not report ``vmap_shared_key`` for draws made inside it.
+    and ``stoax.audit`` reports neither ``vmap_shared_key`` (one mask for a whole ensemble) nor
+    ``loop_invariant_key`` (one mask for every time step: variational dropout) for draws made
+    inside it. Undeclared sharing is still reported; reusing one key for two draws still is.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -83,33 +89,41 @@ def shared() -> contextlib.AbstractContextManager:
         ...     return x * mask
         >>> stoax.audit(jax.vmap(member), jnp.ones((3, 4))).of_kind("vmap_shared_key")
         []
+        >>> def rnn(h, xs, key):                  # variational dropout: one mask per sequence
+        ...     def step(h, x):
+        ...         with stoax.audit.shared():
+        ...             mask = jax.random.bernoulli(key, 0.5, h.shape)
+        ...         return jnp.tanh(x + h * mask), None
+        ...     return jax.lax.scan(step, h, xs)[0]
+        >>> stoax.audit(rnn, jnp.ones(4), jnp.ones((5, 4)), key).ok
+        True
     """
     return jax.named_scope(SHARED_SCOPE)
 
 
-def audit(fn: Callable, *args: Any, **kwargs: Any) -> AuditReport:
-    """Trace ``fn(*args, **kwargs)`` and report its randomness bugs; see the module docstring."""
+def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> AuditReport:
     t0 = time.perf_counter()
     hook = VmapHook()
-    closed, names = trace(fn, args, kwargs, hooks=hook)
+    closed, _ = trace(fn, args, kwargs, hooks=hook)
     analyzer = Analyzer()
     has_ids = tuple(_input_has_ids(v.aval) for v in closed.jaxpr.invars)
-    summ = analyzer.analyze(closed, None, has_ids)
-    findings = _findings(summ, hook.findings, analyzer)
+    summ = analyzer.analyze(closed, has_ids)
     return AuditReport(
         function=_name(fn),
-        findings=findings,
-        num_draws=sum(1 for d in summ.draws if d.prim in DRAWS),
+        findings=findings(summ.draws, hook.findings, analyzer.ids),
+        num_draws=sum(1 for d in summ.draws if d.prim in DRAWS and d.reach),
         num_equations=analyzer.num_eqns,
         seconds=time.perf_counter() - t0,
     )
 
 
 def _input_has_ids(aval: Any) -> bool:
-    from stoax.audit._dataflow import _is_key_dtype, _is_u32
-
+    """A typed key array, or what looks like legacy key data: ``uint32[..., 2]`` (threefry,
+    ``jax.random.PRNGKey``) or ``uint32[..., 4]`` (rbg). Other ``uint32`` arrays (step counters)
+    are data."""
     dtype = getattr(aval, "dtype", None)
-    return _is_key_dtype(dtype) or (_is_u32(dtype) and len(getattr(aval, "shape", ())) >= 1)
+    shape = tuple(getattr(aval, "shape", ()))
+    return is_key_dtype(dtype) or (is_u32(dtype) and len(shape) >= 1 and shape[-1] in (2, 4))
 
 
 def _name(fn: Any) -> str:
@@ -120,103 +134,42 @@ def _name(fn: Any) -> str:
     return type(fn).__name__
 
 
-def _make(kind: Kind, loc: Location | None, detail: str, related=()) -> Finding:
-    msg = kind.explanation[0].upper() + kind.explanation[1:] + "."
-    if detail:
-        msg = f"{msg} {detail}"
-    return Finding(kind.name, kind.severity, msg, kind.fix, loc, tuple(r for r in related if r))
+class Audit:
+    """The type of ``stoax.audit``: call it to audit a function; its attributes are the
+    ``stoax.audit`` namespace.
+
+    ``stoax.audit(fn, *args, **kwargs)`` traces ``fn(*args, **kwargs)`` (nothing is compiled or
+    run) and returns an :class:`AuditReport` of its randomness bugs.
+
+    Example:
+        >>> import jax, stoax
+        >>> from stoax.audit import Audit
+        >>> isinstance(stoax.audit, Audit)
+        True
+        >>> stoax.audit(lambda k: jax.random.normal(k, (2,)), jax.random.key(0)).ok
+        True
+    """
+
+    AuditError = AuditError
+    AuditReport = AuditReport
+    Finding = Finding
+    KINDS = KINDS
+    Kind = Kind
+    Location = Location
+    SHARED_SCOPE = SHARED_SCOPE
+    shared = staticmethod(shared)
+
+    def __init__(self) -> None:
+        # the name of the package it stands for: ``import stoax.audit._report as r`` resolves
+        # the submodule through it
+        self.__name__ = __name__
+
+    def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AuditReport:
+        return _run(fn, args, kwargs)
+
+    def __repr__(self) -> str:
+        return "<stoax.audit: call stoax.audit(fn, *args, **kwargs) to audit fn>"
 
 
-_WHAT = {
-    "random_bits": "random draw",
-    "threefry2x32": "threefry2x32 draw",
-    "key_data": "draw from the key's raw data",
-}
-
-
-def _exclusive(a: Draw, b: Draw) -> bool:
-    branches = dict(a.excl)
-    return any(t in branches and branches[t] != br for t, br in b.excl)
-
-
-def _findings(summ: Any, vmap_findings: list, analyzer: Analyzer) -> list[Finding]:
-    out: list[Finding] = []
-    seen: set = set()
-
-    def add(f: Finding, key: tuple) -> None:
-        if key not in seen:
-            seen.add(key)
-            out.append(f)
-
-    draws = summ.draws
-    # 1. constant keys
-    const_locs = set()
-    for d in draws:
-        if d.prim in DRAWS and d.deps == 0:
-            const_locs.add(d.site.loc)
-            origin = analyzer.root_origin(int(d.ids[0])) if d.ids.size else None
-            loc = origin.loc if origin is not None else d.site.loc
-            details = []
-            if origin is not None and d.site.loc != loc:
-                details.append(f"The key is made here and drawn from at {d.site.loc}.")
-            if d.in_loop:
-                details.append("The draw runs inside a loop: also the same on every iteration.")
-            related = (d.site.loc,) if d.site.loc != loc else ()
-            add(_make(CONSTANT_KEY, loc, " ".join(details), related), ("constant", loc))
-    # 2. loop-invariant keys
-    for lf in summ.loop_findings:
-        loc = lf.site.loc
-        if loc in const_locs:
-            continue
-        detail = f"The loop is at {lf.loop_site.loc}." if lf.loop_site.loc else ""
-        add(_make(LOOP_INVARIANT_KEY, loc, detail), ("loop", loc))
-    # 3. reused keys: one identity consumed by two operations
-    groups: dict[int, list[Draw]] = {}
-    for d in draws:
-        for ident in set(d.ids.tolist()):
-            groups.setdefault(ident, []).append(d)
-    pairs = []
-    for group in groups.values():
-        if len(group) < 2:
-            continue
-        # the backward pass regenerating a forward draw (custom_vjp, remat) is not reuse
-        primary = [d for d in group if not d.recompute]
-        eff = primary or list({d.sig: d for d in group}.values())
-        for i in range(len(eff)):
-            for j in range(i + 1, len(eff)):
-                if not _exclusive(eff[i], eff[j]):
-                    pairs.append((eff[i], eff[j]))
-                    break
-            else:
-                continue
-            break
-    for first, second in pairs:
-        loc, other = second.site.loc, first.site.loc
-        if loc == other:  # one line draws twice: name the lines that called it, if they differ
-            parted = distinguishing_frames(second.site.tb, first.site.tb)
-            loc, other = parted if parted is not None else (loc, other)
-        what1 = "split" if first.prim == "random_split" else _WHAT.get(first.prim, first.prim)
-        what2 = "split" if second.prim == "random_split" else _WHAT.get(second.prim, second.prim)
-        where = f"at {other}" if other and other != loc else "on the same line"
-        detail = f"This {what2} uses the key already consumed by a {what1} {where}."
-        add(_make(REUSED_KEY, loc, detail, (other,) if other != loc else ()), ("reuse", loc, other))
-    # 4. randomness shared across a vmap axis
-    for vf in vmap_findings:
-        loc = vf.draw or vf.combine
-        detail = ""
-        if vf.combine and vf.combine != loc:
-            detail = f"The shared random values meet batched values at {vf.combine}."
-        add(_make(VMAP_SHARED_KEY, loc, detail), ("vmap", loc))
-    order = {"error": 0, "warning": 1}
-    out.sort(key=lambda f: order.get(f.severity, 2))
-    return out
-
-
-class _AuditModule(types.ModuleType):
-    """``stoax.audit`` is both this module and the function: ``stoax.audit(fn, *args)``."""
-
-    def __call__(self, fn: Callable, *args: Any, **kwargs: Any) -> AuditReport:
-        return audit(fn, *args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _AuditModule
+audit: Audit = Audit()
+"""``stoax.audit(fn, *args, **kwargs)``: find the randomness bugs of ``fn``; see :class:`Audit`."""

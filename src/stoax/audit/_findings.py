@@ -89,14 +89,19 @@ LOOP_INVARIANT_KEY = Kind(
     ),
     fix=(
         "derive the key from the iteration: jax.random.fold_in(key, i) with the step counter, "
-        "scan over jax.random.split(key, n), or carry a key and split it in every step"
+        "scan over jax.random.split(key, n), or carry a key and split it in every step. If the "
+        "same randomness on every iteration is intended (variational dropout), draw inside "
+        "`with stoax.audit.shared():` to say so"
     ),
     doc="""\
 loop-invariant key -- the same randomness on every iteration.
 
 Inside ``lax.scan`` / ``fori_loop`` / ``while_loop`` a draw's key does not change from one
-iteration to the next: it is closed over, or carried through the loop unchanged (seeds S1/S2:
-an Equinox ``Dropout`` called with one key inside ``lax.scan``).
+iteration to the next: it is closed over, carried through the loop unchanged, folded with a
+value that never changes (``fold_in(key, i * 0)``), or scanned over copies of one key (seeds
+S1/S2: an Equinox ``Dropout`` called with one key inside ``lax.scan``). Drawing the same mask on
+every step on purpose (variational dropout in a recurrent loop) is declared with
+``with stoax.audit.shared():`` around the draw, and is not reported.
 
 Before::
 
@@ -129,9 +134,13 @@ REUSED_KEY = Kind(
 reused key -- two draws that should be independent are the same.
 
 A key is consumed twice: two dropout masks from one key (identical masks), ``normal(k)`` and
-``split(k)`` on the same ``k``, or two ``fold_in(k, c)`` with the same ``c`` that both feed draws.
-``fold_in`` of one key with *different* constants is the intended derivation and is not reuse;
-nor is the backward pass regenerating a forward mask (``custom_vjp``, ``jax.checkpoint``).
+``split(k)`` on the same ``k``, two ``fold_in(k, c)`` with the same ``c`` (a constant or one
+traced step) that both feed draws, ``ks[i]`` twice, an array holding one key twice (a broadcast
+key, a repeating gather), or a key drawn from in one loop iteration and carried on to be split
+again in the next. Keys equal by value count too: with JAX's default (partitionable) threefry,
+``split(k, n)[i]`` *is* ``fold_in(k, i)``. ``fold_in`` of one key with *different* values is the
+intended derivation and is not reuse; nor is the backward pass regenerating a forward mask
+(``custom_vjp``, ``jax.checkpoint``), nor a draw whose result is never used.
 
 Before::
 

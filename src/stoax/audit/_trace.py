@@ -1,10 +1,20 @@
 """Tracing a function to a jaxpr for the audit, and mapping equations back to the user's lines.
 
-``trace`` runs ``jax.make_jaxpr`` with array leaves of the arguments as inputs (everything else --
-modules' static fields, activation functions -- is closed over, as ``equinox.filter_jit`` does),
-with JAX's own key-reuse checker off (the audit reports reuse instead of failing on it), and with
-a trace-context setting that makes JAX re-trace inner ``jit`` functions instead of reusing traces
-cached before the audit (so every equation is seen by the ``vmap`` hook).
+``trace`` runs ``jax.make_jaxpr`` and sees the arguments the way ``jax.jit`` does:
+
+* array leaves (``jax.Array``, numpy arrays, ``jax.ShapeDtypeStruct``) are traced inputs;
+* Python ``bool`` / ``int`` / ``float`` / ``complex`` arguments -- at the top level or inside
+  lists, tuples and dicts -- are traced too (``jax.jit`` traces them: a step counter ``t`` passed
+  as an int is not a constant), except those a ``jax.jit`` function declares static
+  (``static_argnums`` / ``static_argnames``). When the function branches on such a number in
+  Python (it would need ``static_argnames`` under ``jax.jit``), it is traced again with the
+  numbers static;
+* every other leaf -- modules' static fields, numbers inside modules, activation functions -- is
+  closed over as a static value, as ``equinox.filter_jit`` does.
+
+Outputs are filtered the same way: only array leaves are outputs (an Equinox step returning the
+updated model has functions and strings among its leaves). The arguments' arrays after the call
+are outputs too (a Flax NNX step updates its model in place).
 """
 
 from __future__ import annotations
@@ -18,9 +28,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax._src import config as _jax_config
-from jax._src.lib import xla_client as _xla_client
 
+from stoax.audit import _compat
 from stoax.audit._findings import Location
 
 __all__ = ["LIBRARY_PACKAGES", "is_library_file", "location_of", "trace", "user_location"]
@@ -73,22 +82,12 @@ def is_library_file(filename: str) -> bool:
 @functools.lru_cache(maxsize=4096)
 def user_frames(traceback: Any) -> tuple[Location, ...]:
     """Every frame of ``traceback`` that is not library code, innermost first."""
-    if traceback is None:
-        return ()
-    try:
-        codes, lastis = traceback.raw_frames()
-    except Exception:  # pragma: no cover - a traceback of another JAX version
-        return ()
     frames = []
-    for code, lasti in zip(codes, lastis, strict=False):
+    for code, line in _compat.traceback_lines(traceback):
         if is_library_file(code.co_filename):
             continue
-        try:
-            line = _xla_client.Traceback.code_addr2line(code, lasti)
-        except Exception:  # pragma: no cover
-            line = code.co_firstlineno
         name = getattr(code, "co_qualname", code.co_name)
-        frames.append(Location(code.co_filename, int(line), name))
+        frames.append(Location(code.co_filename, line, name))
     return tuple(frames)
 
 
@@ -110,43 +109,87 @@ def distinguishing_frames(tb_a: Any, tb_b: Any) -> tuple[Location, Location] | N
 
 
 def location_of(eqn: Any) -> Location | None:
-    return user_location(eqn.source_info.traceback)
+    return user_location(_compat.eqn_traceback(eqn))
 
 
-def _is_traced_leaf(x: Any) -> bool:
+_SCALARS = (bool, int, float, complex)
+
+
+def _is_array(x: Any) -> bool:
     return isinstance(x, jax.Array | np.ndarray | np.generic | jax.ShapeDtypeStruct)
 
 
-# A trace-context setting with no effect on the jaxpr: changing it makes jit's trace cache miss, so
-# inner functions traced before the audit are traced again under the audit's hooks.
-_CACHE_BUSTER = "stoax-audit-(?!)"
+def _in_plain_containers(path: tuple) -> bool:
+    """The leaf sits in lists, tuples and dicts only (not in a module or another pytree node)."""
+    return all(isinstance(p, jax.tree_util.SequenceKey | jax.tree_util.DictKey) for p in path[1:])
+
+
+def _static_position(path: tuple, static: _compat.StaticArgs | None) -> bool:
+    if static is None or len(path) < 2:
+        return False
+    where, which = path[0], path[1]
+    if getattr(where, "idx", None) == 0:  # positional
+        return getattr(which, "idx", None) in static.argnums
+    return getattr(which, "key", None) in static.argnames
+
+
+# what tracing raises when Python code needs a concrete number (``if t > 0``, ``range(n)``, a shape)
+_NEEDS_STATIC = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerIntegerConversionError,
+    TypeError,
+)
 
 
 def trace(fn: Callable, args: tuple, kwargs: dict, hooks: Any = None) -> tuple[Any, list[str]]:
-    """``(closed_jaxpr, input_names)`` of ``fn(*args, **kwargs)``; array leaves are the inputs."""
+    """``(closed_jaxpr, input_names)`` of ``fn(*args, **kwargs)``, arguments seen as ``jax.jit``
+    sees them (see the module docstring)."""
+    static = _compat.jit_static_args(fn)
     leaves, treedef = jax.tree_util.tree_flatten_with_path((args, kwargs))
-    dyn_index = [i for i, (_, leaf) in enumerate(leaves) if _is_traced_leaf(leaf)]
-    names = [_path_name(leaves[i][0]) for i in dyn_index]
-    static = [leaf for _, leaf in leaves]
+    # numbers: first traced as jax.jit does; then bools static; then every number static
+    for numbers in ("traced", "bools static", "static"):
+        dyn_index = []
+        for i, (path, leaf) in enumerate(leaves):
+            if _static_position(path, static):
+                continue
+            if _is_array(leaf) or (
+                isinstance(leaf, _SCALARS)
+                and (static is not None or _in_plain_containers(path))
+                and (numbers == "traced" or (numbers == "bools static" and type(leaf) is not bool))
+            ):
+                dyn_index.append(i)
+        try:
+            closed = _trace_once(fn, leaves, treedef, dyn_index, hooks)
+        except _NEEDS_STATIC:
+            scalar = any(not _is_array(leaves[i][1]) for i in dyn_index)
+            if not scalar or numbers == "static":
+                raise
+            continue
+        return closed, [_path_name(leaves[i][0]) for i in dyn_index]
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _trace_once(fn: Callable, leaves: list, treedef: Any, dyn_index: list[int], hooks: Any) -> Any:
+    values = [leaf for _, leaf in leaves]
 
     def flat_fn(*dyn):
-        full = list(static)
-        for i, v in zip(dyn_index, dyn, strict=False):
+        full = list(values)
+        for i, v in zip(dyn_index, dyn, strict=True):
             full[i] = v
         a, k = jax.tree_util.tree_unflatten(treedef, full)
-        return fn(*a, **k)
+        out = fn(*a, **k)
+        # the arguments' arrays after the call are outputs too: a Flax NNX step updates its
+        # model and optimiser in place rather than returning them
+        after = jax.tree_util.tree_leaves((out, a, k))
+        return [x for x in after if isinstance(x, jax.core.Tracer)]
 
-    dyn_args = [static[i] for i in dyn_index]
-    with (
-        jax.debug_key_reuse(False),
-        _jax_config.hlo_source_file_canonicalization_regex(_CACHE_BUSTER),
-    ):
-        if hooks is not None:
-            with hooks:
-                closed = jax.make_jaxpr(flat_fn)(*dyn_args)
-        else:
-            closed = jax.make_jaxpr(flat_fn)(*dyn_args)
-    return closed, names
+    dyn_args = [values[i] for i in dyn_index]
+    with _compat.key_reuse_checks_off(), _compat.retrace_inner_jits():
+        if hooks is None:
+            return jax.make_jaxpr(flat_fn)(*dyn_args)
+        hooks.reset()
+        with hooks:
+            return jax.make_jaxpr(flat_fn)(*dyn_args)
 
 
 def _path_name(path: tuple) -> str:

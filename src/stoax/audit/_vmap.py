@@ -21,8 +21,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from stoax.audit._dataflow import SHARED_SCOPE, ClosedJaxpr, Jaxpr, Literal, _sub_jaxprs
+from stoax.audit import _compat
+from stoax.audit._analysis import SHARED_SCOPE, sub_jaxprs
+from stoax.audit._compat import ClosedJaxpr, Literal
 from stoax.audit._findings import Location
+from stoax.audit._identities import is_key_dtype, is_u32
 from stoax.audit._trace import location_of, user_location
 
 __all__ = ["VmapFinding", "VmapHook"]
@@ -35,7 +38,7 @@ class VmapFinding:
 
 
 def _shared_name_stack(name_stack: Any) -> bool:
-    return any(getattr(item, "name", "") == SHARED_SCOPE for item in name_stack.stack)
+    return any(s.name == SHARED_SCOPE for s in _compat.name_stack_scopes(name_stack))
 
 
 # a flag is (batched, taint): taint is the Location of the unbatched draw (or True when unknown)
@@ -55,6 +58,9 @@ _KEY_MOVES = {
     "reshape",
     "broadcast_in_dim",
     "concatenate",
+    "stack",
+    "gather",
+    "select_n",
     "transpose",
     "convert_element_type",
     "copy",
@@ -76,38 +82,42 @@ class VmapHook:
         self._taint: dict[int, tuple[Any, Any]] = {}
         self._memo: dict[tuple, tuple] = {}
         self._orig = None
+        self.error: Exception | None = None
         self.active = False
 
     # -- patching ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget what an earlier (abandoned) trace recorded."""
+        self.findings.clear()
+        self._taint.clear()
+        self._memo.clear()
+        self.error = None
+
     def __enter__(self) -> VmapHook:
-        try:
-            from jax._src.interpreters import batching
-        except ImportError:  # pragma: no cover - another JAX layout: no vmap detection
-            return self
-        cls = getattr(batching, "BatchTrace", None)
-        orig = getattr(cls, "process_primitive", None)
-        if orig is None:  # pragma: no cover
-            return self
+        cls = _compat.batch_trace_class()
+        orig = cls.process_primitive
         hook = self
 
         def process_primitive(trace, p, tracers, params, /):
             n = len(hook.findings)
             out = orig(trace, p, tracers, params)
-            try:
-                hook._after(trace, p, tracers, params, out)
-                hook._locate(n)
-            except Exception:  # noqa: BLE001 - the audit never breaks the user's trace
-                pass
+            if hook.error is None:
+                try:
+                    hook._after(trace, p, tracers, params, out)
+                    hook._locate(n)
+                except Exception as err:  # noqa: BLE001 - never break the user's trace: re-raised
+                    hook.error = err  # by __exit__ as an AuditError naming the JAX version
             return out
 
         self._cls, self._orig = cls, orig
         cls.process_primitive = process_primitive
         self._orig_custom = {}
-        for name in ("process_custom_jvp_call", "process_custom_vjp_call"):
+        for name in _compat.CUSTOM_CALLS:
             meth = getattr(cls, name, None)
-            if meth is not None:
-                self._orig_custom[name] = meth
-                setattr(cls, name, self._wrap_custom(meth))
+            if meth is None:
+                raise _compat.unsupported(f"BatchTrace.{name} is gone")
+            self._orig_custom[name] = meth
+            setattr(cls, name, self._wrap_custom(meth))
         self.active = True
         return self
 
@@ -117,11 +127,12 @@ class VmapHook:
         def wrapped(trace, prim, *rest, **kw):
             n = len(hook.findings)
             out = meth(trace, prim, *rest, **kw)
-            try:
-                hook._after_custom(trace, rest[-1], out)
-                hook._locate(n)
-            except Exception:  # noqa: BLE001
-                pass
+            if hook.error is None:
+                try:
+                    hook._after_custom(trace, rest[-1], out)
+                    hook._locate(n)
+                except Exception as err:  # noqa: BLE001 - re-raised by __exit__
+                    hook.error = err
             return out
 
         return wrapped
@@ -129,14 +140,12 @@ class VmapHook:
     def _locate(self, start: int) -> None:
         """Findings made inside library code (JAX's tracebacks stop at jit boundaries) get the
         user's line of the call that contains them."""
-        from jax._src import source_info_util
-
-        if len(self.findings) > start and _shared_name_stack(source_info_util.current_name_stack()):
+        if len(self.findings) > start and _shared_name_stack(_compat.current_name_stack()):
             del self.findings[start:]  # inside stoax.audit.shared(): declared sharing
             return
         if all(f.draw is not None and f.combine is not None for f in self.findings[start:]):
             return
-        loc = user_location(source_info_util.current().traceback)
+        loc = user_location(_compat.current_traceback())
         if loc is None:
             return
         for i in range(start, len(self.findings)):
@@ -146,16 +155,12 @@ class VmapHook:
     def _after_custom(self, trace: Any, tracers: Any, outs: Any) -> None:
         """``custom_jvp`` / ``custom_vjp`` calls: their functions are traced out of sight of
         ``process_primitive``; an unbatched key going in makes unbatched outputs suspect."""
-        from jax._src import source_info_util
-
-        from stoax.audit._dataflow import _is_key_dtype, _is_u32
-
-        if _shared_name_stack(source_info_util.current_name_stack()):
+        if _shared_name_stack(_compat.current_name_stack()):
             return
         infos = [trace.to_batch_info(t) for t in tracers]
         if any(d is not None for _, d in infos):
             return
-        key_in = any(_is_key_dtype(getattr(v, "dtype", None)) for v, _ in infos)
+        key_in = any(is_key_dtype(getattr(v, "dtype", None)) for v, _ in infos)
         taint = None
         for v, _ in infos:
             hit = self._taint.get(id(v))
@@ -164,12 +169,12 @@ class VmapHook:
                 break
         if not key_in and taint is None:
             return
-        loc = user_location(source_info_util.current().traceback) or True
+        loc = user_location(_compat.current_traceback()) or True
         for o in outs:
             v = _unbatched(trace, o)
             if v is None:
                 continue
-            if key_in and _is_u32(getattr(v, "dtype", None)):
+            if key_in and is_u32(getattr(v, "dtype", None)):
                 self._taint[id(v)] = (v, _KeyData(loc))
             elif taint is not None:
                 self._taint[id(v)] = (v, taint)
@@ -182,11 +187,15 @@ class VmapHook:
             self._orig = None
         self._taint.clear()
         self._memo.clear()
+        if self.error is not None and exc[0] is None:
+            err, self.error = self.error, None
+            raise _compat.unsupported(
+                f"the vmap check failed inside JAX's batching interpreter "
+                f"({type(err).__name__}: {err})"
+            ) from err
 
     # -- the rules at trace time ----------------------------------------------------------------
     def _after(self, trace: Any, p: Any, tracers: Any, params: dict, out: Any) -> None:
-        from jax._src import source_info_util
-
         infos = [trace.to_batch_info(t) for t in tracers]
         flags = []
         for v, d in infos:
@@ -196,13 +205,13 @@ class VmapHook:
                 hit = self._taint.get(id(v))
                 flags.append((False, hit[1] if hit is not None and hit[0] is v else None))
         outs = list(out) if p.multiple_results else [out]
-        shared = _shared_name_stack(source_info_util.current_name_stack())
+        shared = _shared_name_stack(_compat.current_name_stack())
         here = None
 
         def current_loc():
             nonlocal here
             if here is None:
-                here = user_location(source_info_util.current().traceback)
+                here = user_location(_compat.current_traceback())
             return here
 
         if any(f[1] is True for f in flags) and current_loc() is not None:
@@ -222,7 +231,7 @@ class VmapHook:
             else:
                 return
         else:
-            subs = _sub_jaxprs(params)
+            subs = sub_jaxprs(params)
             if subs:
                 if not any(f[1] is not None for f in flags) and not _has_draw(subs):
                     return
@@ -271,7 +280,7 @@ class VmapHook:
             return self._while(params, flags, shared, loc)
         if name == "cond":
             res = [(flags[0][0], None)] * n_out
-            for br in params["branches"]:
+            for br in _compat.cond_branches(params):
                 res = [
                     _join(a, b)
                     for a, b in zip(res, self._jaxpr(br, flags[1:], shared, loc), strict=False)
@@ -284,10 +293,11 @@ class VmapHook:
         return self._first_order(flags, n_out, shared, loc)
 
     def _scan(self, params: dict, flags: list, shared: bool, loc: Any) -> list:
-        nc, nk = params["num_consts"], params["num_carry"]
+        lay = _compat.scan_layout(params)
+        nc, nk = lay.num_consts, lay.num_carry
         carry = list(flags[nc : nc + nk])
         for _ in range(4):
-            out = self._jaxpr(params["jaxpr"], flags[:nc] + carry + flags[nc + nk :], shared, loc)
+            out = self._jaxpr(lay.body, flags[:nc] + carry + flags[nc + nk :], shared, loc)
             new = [_join(c, o) for c, o in zip(carry, out[:nk], strict=False)]
             if new == carry:
                 break
@@ -295,10 +305,11 @@ class VmapHook:
         return carry + out[nk:]
 
     def _while(self, params: dict, flags: list, shared: bool, loc: Any) -> list:
-        cn, bn = params["cond_nconsts"], params["body_nconsts"]
+        lay = _compat.while_layout(params)
+        cn, bn = lay.cond_nconsts, lay.body_nconsts
         consts, carry = flags[cn : cn + bn], list(flags[cn + bn :])
         for _ in range(4):
-            out = self._jaxpr(params["body_jaxpr"], consts + carry, shared, loc)
+            out = self._jaxpr(lay.body, consts + carry, shared, loc)
             new = [_join(c, o) for c, o in zip(carry, out, strict=False)]
             if new == carry:
                 break
@@ -320,7 +331,7 @@ class VmapHook:
 
         for eqn in jaxpr.eqns:
             in_flags = [read(a) for a in eqn.invars]
-            sh = shared or _shared_name_stack(eqn.source_info.name_stack)
+            sh = shared or _shared_name_stack(_compat.eqn_name_stack(eqn))
             name = eqn.primitive.name
             if name in ("random_bits", "random_unwrap"):
                 if in_flags[0][0]:
@@ -331,7 +342,7 @@ class VmapHook:
                     loc = location_of(eqn) or outer or True
                     res = [(False, loc if name == "random_bits" else _KeyData(loc))]
             else:
-                subs = _sub_jaxprs(eqn.params)
+                subs = sub_jaxprs(eqn.params)
                 if subs:
                     loc = location_of(eqn) or outer
                     res = self._call(name, eqn.params, subs, in_flags, sh, eqn.outvars, loc)
@@ -370,7 +381,7 @@ def _has_draw(subs: list) -> bool:
             jaxpr = s.jaxpr if isinstance(s, ClosedJaxpr) else s
             found = any(
                 e.primitive.name in ("random_bits", "random_unwrap")
-                or _has_draw(_sub_jaxprs(e.params))
+                or _has_draw(sub_jaxprs(e.params))
                 for e in jaxpr.eqns
             )
             if len(_draw_memo) > 10000:
@@ -380,6 +391,3 @@ def _has_draw(subs: list) -> bool:
         if hit[1]:
             return True
     return False
-
-
-del Jaxpr
