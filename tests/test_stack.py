@@ -67,7 +67,7 @@ def assert_trees_equal(a, b):
 
 def test_build_equals_layers_built_in_a_loop(stack):
     for i in range(N):
-        assert stack[i] == make(keys.child(jax.random.key(0), i))
+        assert stack[i] == make(keys.init_child(jax.random.key(0), i))
     assert stack[-1] == stack[N - 1]
 
 

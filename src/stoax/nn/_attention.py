@@ -89,7 +89,9 @@ class MultiHeadAttention(Module):
             )
         if not isinstance(causal, bool):
             raise TypeError(f"MultiHeadAttention: causal must be a Python bool, got {causal!r}.")
-        k_q, k_k, k_v, k_o = keys.derive(key, "query_proj", "key_proj", "value_proj", "out_proj")
+        k_q, k_k, k_v, k_o = keys.init_derive(
+            keys.as_key(key, "MultiHeadAttention"), "query_proj", "key_proj", "value_proj", "out_proj"
+        )
         self.query_proj = Linear(features, qkv_features, use_bias=use_bias, key=k_q, dtype=dtype)
         self.key_proj = Linear(
             context_features, qkv_features, use_bias=use_bias, key=k_k, dtype=dtype

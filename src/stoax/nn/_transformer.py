@@ -72,7 +72,7 @@ class TransformerBlock(Module):
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
-        k_attn, k_mlp = keys.derive(keys.as_key(key, "TransformerBlock"), "attn", "mlp")
+        k_attn, k_mlp = keys.init_derive(keys.as_key(key, "TransformerBlock"), "attn", "mlp")
         self.attn_norm = LayerNorm(features, dtype=dtype)
         self.attn = MultiHeadAttention(
             features, num_heads, dropout=attention_dropout, causal=causal, key=k_attn, dtype=dtype
@@ -180,7 +180,7 @@ class TransformerEncoder(Module):
     ):
         if pool not in _POOLS:
             raise ValueError(f"TransformerEncoder: pool must be one of {_POOLS}, got {pool!r}.")
-        k_embed, k_pos, k_blocks, k_head = keys.derive(
+        k_embed, k_pos, k_blocks, k_head = keys.init_derive(
             keys.as_key(key, "TransformerEncoder"), "embed", "pos_embed", "blocks", "head"
         )
         self.embed = Embedding(vocab_size, features, key=k_embed, dtype=dtype)

@@ -81,7 +81,7 @@ class Ensemble(Module):
         cls, make: Callable[[jax.Array], Module], k: int, *, key: jax.Array, in_axes: InAxes = None
     ) -> Ensemble:
         """``k`` members built by ``make(key)`` under ``jax.vmap``; member ``m`` is initialised
-        with ``stoax.keys.child(key, m)``."""
+        with ``stoax.keys.init_child(key, m)``."""
         block, stacked = build_copies(make, k, key, "Ensemble.build")
         return cls(block, size=k, in_axes=in_axes, stacked=stacked)
 

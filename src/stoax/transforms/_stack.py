@@ -37,7 +37,7 @@ class Stack(Module):
     would give it -- so a stack is bitwise the loop ``for i, layer in enumerate(stack)``.
 
     Build one with :meth:`build` (a vmapped constructor: layer ``i`` is initialised with
-    ``stoax.keys.child(key, i)``) or :meth:`from_layers` (existing blocks of one structure).
+    ``stoax.keys.init_child(key, i)``) or :meth:`from_layers` (existing blocks of one structure).
     ``stack[i]`` is layer ``i`` as a plain block; ``len(stack)`` is ``n``.
 
     Which arrays carry the layer axis is recorded when the stack is built. Arrays that appear
@@ -102,7 +102,7 @@ class Stack(Module):
         unroll: int | bool = 1,
     ) -> Stack:
         """``n`` layers built by ``make(key)`` under ``jax.vmap``; layer ``i`` gets the init key
-        ``stoax.keys.child(key, i)``. ``make`` runs once (traced), so it must not branch on its
+        ``stoax.keys.init_child(key, i)``. ``make`` runs once (traced), so it must not branch on its
         key; static choices are shared by all layers."""
         block, stacked = build_copies(make, n, key, "Stack.build")
         return cls(block, length=n, remat=remat, unroll=unroll, stacked=stacked)

@@ -66,14 +66,14 @@ def split(block: Any, stacked: frozenset[str], length: int, where: str) -> Split
 def build_copies(
     make: Callable[[jax.Array], Any], n: int, key: jax.Array, where: str
 ) -> tuple[Any, frozenset[str]]:
-    """``n`` copies made by ``make`` under ``jax.vmap``; copy ``i`` gets ``keys.child(key, i)``,
-    so copy ``i`` is bitwise the block ``make(keys.child(key, i))`` a Python loop would build."""
+    """``n`` copies made by ``make`` under ``jax.vmap``; copy ``i`` gets ``keys.init_child(key,
+    i)``, so copy ``i`` is bitwise the block ``make(keys.init_child(key, i))`` a loop would build."""
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
         raise ValueError(f"{where}: the number of copies must be a positive int, got {n!r}.")
     key = keys.as_key(key, where)
 
     def make_one(i: jax.Array) -> Any:
-        block = make(keys.child(key, i))
+        block = make(keys.init_child(key, i))
         if not is_module(block):
             raise TypeError(
                 f"{where}: make(key) must return a stoax.Module, got {type(block).__name__}."
