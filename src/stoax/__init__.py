@@ -3,7 +3,7 @@
 from stoax import audit, keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
-from stoax._module import Module, field, is_array, is_module
+from stoax._module import FrozenDict, Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
 from stoax.keys import step_key
 from stoax.transforms import scan
@@ -11,6 +11,7 @@ from stoax.transforms import scan
 __version__ = "0.1.0"
 
 __all__ = [
+    "FrozenDict",
     "Module",
     "audit",
     "combine",

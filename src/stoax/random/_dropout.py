@@ -321,23 +321,27 @@ def check_broadcast_dims(broadcast_dims: Any, where: str) -> tuple[int, ...]:
     return tuple(dims)
 
 
+def broadcast_dims_problem(dims: tuple[int, ...], ndim: int) -> str | None:
+    """What is wrong with (checked) ``dims`` on an input of rank ``ndim``, or ``None``."""
+    for d in dims:
+        if not -ndim <= d < ndim:
+            return (
+                f"broadcast_dims {dims} names axis {d}, but the input has {ndim} axes "
+                f"(valid: {-ndim} .. {ndim - 1})"
+            )
+    if len({d % ndim for d in dims}) != len(dims):
+        return f"broadcast_dims {dims} names one axis twice on a {ndim}-D input"
+    return None
+
+
 def normalize_broadcast_dims(broadcast_dims: Any, ndim: int, where: str) -> tuple[int, ...]:
     """The axes of ``broadcast_dims`` in ``[0, ndim)`` (negative ones counted from the end):
     an axis out of range or named twice raises a ``ValueError``."""
     dims = check_broadcast_dims(broadcast_dims, where)
-    out = []
-    for d in dims:
-        if not -ndim <= d < ndim:
-            raise ValueError(
-                f"{where}: broadcast_dims {dims} names axis {d}, but the input has {ndim} "
-                f"axes (valid: {-ndim} .. {ndim - 1})."
-            )
-        out.append(d % ndim)
-    if len(set(out)) != len(out):
-        raise ValueError(
-            f"{where}: broadcast_dims {dims} names one axis twice on a {ndim}-D input."
-        )
-    return tuple(out)
+    problem = broadcast_dims_problem(dims, ndim)
+    if problem:
+        raise ValueError(f"{where}: {problem}.")
+    return tuple(d % ndim for d in dims)
 
 
 def _mask_shape(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:

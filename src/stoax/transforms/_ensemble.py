@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stoax import keys
-from stoax._module import Module, field
+from stoax._module import Module, field, thaw
 from stoax.transforms._stacked import (
     build_copies,
     copy_repr,
@@ -117,7 +117,7 @@ class Ensemble(Module):
         def member(m: jax.Array, leaves: list[Any], x: Any) -> Any:
             return parts.rebuild(leaves)(x, key=keys.child(key, m), **kwargs)
 
-        return jax.vmap(member, in_axes=(0, 0, self.in_axes))(
+        return jax.vmap(member, in_axes=(0, 0, thaw(self.in_axes)))(
             jnp.arange(self.size), parts.stacked, x
         )
 
