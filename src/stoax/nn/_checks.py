@@ -6,13 +6,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stoax import keys
 from stoax._errors import LayerError, LayerTypeError
 from stoax.random._dropout import check_rate
 
-__all__ = ["MissingKeyError", "check_rate", "require_float", "need_key", "is_identity", "draw_key", "by_mode"]
+__all__ = [
+    "MissingKeyError",
+    "check_rate",
+    "require_float",
+    "need_key",
+    "is_identity",
+    "draw_key",
+    "by_mode",
+]
 
 
 class MissingKeyError(LayerError, ValueError):

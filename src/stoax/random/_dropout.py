@@ -23,14 +23,15 @@ is a linear map with its own transpose (``lax.custom_linear_solve``): its only r
 the key's raw words (and a traced rate), and the transpose -- the backward pass --
 regenerates the mask from the key, tied to the incoming cotangent, so XLA can neither store the
 mask nor merge the two generations back into one stored buffer. Being a ``custom_jvp``, it
-supports forward mode too (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``), and the gradient with
-respect to a traced rate is the true one (plain autodiff's, with the same mask; computing it
-keeps the output for the backward pass, only when the rate is differentiated). For PRNGs whose draw is an unfusible
-``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would run every draw twice -- on CPU that
-made a Transformer step 1.5x slower -- so there the residual is the mask itself, packed to one
-bit per element (1/32 of a float32 mask). Switch it off for a call (``regenerate_mask=False``)
-or globally (:func:`set_regenerate_mask`) to get plain autodiff (the mask is then a residual,
-unless XLA fuses it away).
+supports forward mode too (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``). The gradient with
+respect to a traced rate is the true one, plain autodiff's with the same mask (computing it keeps
+``x`` and the mask for the backward pass, only when the rate is differentiated; mixed second
+derivatives in ``x`` and the rate need ``regenerate_mask=False``). For PRNGs whose draw is an
+unfusible ``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would run every draw twice -- on
+CPU that made a Transformer step 1.5x slower -- so there the residual is the mask itself,
+packed to one bit per element (1/32 of a float32 mask). Switch it off for a call
+(``regenerate_mask=False``) or globally (:func:`set_regenerate_mask`) to get plain autodiff (the
+mask is then a residual, unless XLA fuses it away).
 
 The dropout *output* is a residual of whatever consumes it next when that op needs its input
 for its own gradient (a matmul: ``dW = dropped_x^T @ g``). :func:`dropout_then` makes dropout and
@@ -383,9 +384,11 @@ def _rate_of(static, rate):
 
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
     compute = _compute_dtype(x.dtype)
-    kept = x * _scale(rate, x.dtype) if compute == x.dtype else (
-        x.astype(compute) * _scale(rate, compute)
-    ).astype(x.dtype)
+    kept = (
+        x * _scale(rate, x.dtype)
+        if compute == x.dtype
+        else (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
+    )
     return jnp.where(mask, kept, jnp.zeros((), x.dtype))
 
 
@@ -606,9 +609,7 @@ def dropout(
     if _is_static(rate) and rate == 0.0:
         check_broadcast_dims(broadcast_dims, where)
         return x
-    key, static, traced_rate, regen = _prepare(
-        x, rate, key, broadcast_dims, regenerate_mask, where
-    )
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask, where)
     if _is_static(rate) and rate >= 1.0:
         return jnp.zeros_like(x)
     return _dropout_core(static, regen, x, key, traced_rate)
@@ -689,9 +690,7 @@ def dropout_then(
     if _is_static(rate) and rate == 0.0:
         check_broadcast_dims(broadcast_dims, where)
         return fn(x, *operands)
-    key, static, traced_rate, regen = _prepare(
-        x, rate, key, broadcast_dims, regenerate_mask, where
-    )
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask, where)
     if _is_static(rate) and rate >= 1.0:
         return fn(jnp.zeros_like(x), *operands)
     try:

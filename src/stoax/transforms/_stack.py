@@ -18,6 +18,8 @@ from stoax import keys
 from stoax._module import Module, field
 from stoax.transforms._stacked import (
     build_copies,
+    check_remat,
+    check_unroll,
     copy_repr,
     infer_length,
     leaf_paths,
@@ -89,7 +91,17 @@ class Stack(Module):
         )
         self.remat = remat
         self.unroll = unroll
-        split(layers, self.stacked, self.length, "Stack")  # check every leading axis now
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.layers, Module):
+            raise TypeError(
+                f"Stack: layers must be a stoax.Module (one block whose arrays have the leading "
+                f"layer axis), got {type(self.layers).__name__}. Use Stack.build or "
+                "Stack.from_layers."
+            )
+        self.remat = check_remat(self.remat, "Stack")
+        self.unroll = check_unroll(self.unroll, "Stack")
+        split(self.layers, self.stacked, self.length, "Stack")  # check every leading axis now
 
     @classmethod
     def build(
