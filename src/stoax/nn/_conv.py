@@ -114,7 +114,8 @@ class Conv(Module):
             raise LayerValueError(
                 self,
                 f": expected a channels-last input (..., {layout}) with C = {self.in_channels} "
-                f"(kernel {self.kernel_size}), got shape {tuple(x.shape)}.",
+                f"({self.out_channels} output channels, kernel {self.kernel_size}), got shape "
+                f"{tuple(x.shape)}.",
             )
         batch = x.shape[: x.ndim - n - 1]
         h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
