@@ -24,7 +24,10 @@ from stoax.nn import (
     TransformerEncoder,
 )
 
-K = jax.random.key(0)
+
+def K() -> jax.Array:  # a fresh key per use: the suite runs with jax_debug_key_reuse
+    return jax.random.key(0)
+
 
 # -- item 9: one validation path for construction and edits ----------------------------------
 
@@ -41,10 +44,10 @@ def test_replace_runs_the_constructor_checks():
     model = Sequential([Dropout(0.1), DropPath(0.1)])
     with pytest.raises(ValueError, match=r"DropPath: rate must be in \[0, 1\].*got 2.0"):
         stoax.replace_at(model, "layers[1].rate", 2.0)
-    with pytest.raises(TypeError, match="Dropout: training must be"):
+    with pytest.raises(TypeError, match="stoax.set_mode: training must be a Python bool"):
         stoax.set_mode(model, jnp.asarray([True, False]))  # not a scalar flag
     with pytest.raises(TypeError, match="Stack: remat must be True, False or a jax.checkpoint"):
-        Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K).replace(remat="yes")
+        Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K()).replace(remat="yes")
     # Normalisation runs on edits too: a Python int rate becomes a float, an int axis a tuple.
     edited = Dropout(0.1).replace(rate=1, broadcast_dims=0)
     assert edited.rate == 1.0 and type(edited.rate) is float and edited.broadcast_dims == (0,)
@@ -102,7 +105,7 @@ def test_static_containers_frozen_so_jit_never_goes_stale():
 
 
 def test_ensemble_in_axes_dict_still_works_after_freezing():
-    ens = Ensemble.build(lambda k: Linear(3, 1, key=k), 2, key=K, in_axes={"a": 0})
+    ens = Ensemble.build(lambda k: Linear(3, 1, key=k), 2, key=K(), in_axes={"a": 0})
 
     class Wrap(stoax.Module):
         layer: Linear
@@ -130,10 +133,10 @@ def test_gaussian_noise_refuses_non_finite_stddev(stddev):
 @pytest.mark.parametrize("training", [True, False])
 def test_attention_and_transformer_on_an_empty_batch_return_empty_outputs(training):
     # Was a ZeroDivisionError (a reshape with -1 on a zero-size array).
-    attn = stoax.set_mode(MultiHeadAttention(8, 2, dropout=0.1, key=K), training)
-    block = stoax.set_mode(TransformerBlock(8, 2, drop_path=0.1, key=K), training)
+    attn = stoax.set_mode(MultiHeadAttention(8, 2, dropout=0.1, key=K()), training)
+    block = stoax.set_mode(TransformerBlock(8, 2, drop_path=0.1, key=K()), training)
     enc = stoax.set_mode(
-        TransformerEncoder(10, 3, features=8, num_heads=2, num_layers=1, max_len=4, key=K),
+        TransformerEncoder(10, 3, features=8, num_heads=2, num_layers=1, max_len=4, key=K()),
         training,
     )
     key = jax.random.key(1) if training else None
@@ -143,12 +146,12 @@ def test_attention_and_transformer_on_an_empty_batch_return_empty_outputs(traini
 
 
 def test_attention_input_and_mask_checks_name_the_layer():
-    model = Sequential([MultiHeadAttention(8, 2, key=K)])
+    model = Sequential([MultiHeadAttention(8, 2, key=K())])
     with pytest.raises(
         ValueError, match=r"Sequential\.layers\[0\].*query must have shape \(\.\.\., length, "
     ):
         model(jnp.ones(8))
-    attn = MultiHeadAttention(8, 2, key=K)
+    attn = MultiHeadAttention(8, 2, key=K())
     with pytest.raises(
         ValueError,
         match=r"mask of shape \(4, 1, 5, 5\) does not broadcast to.*"
@@ -156,7 +159,7 @@ def test_attention_input_and_mask_checks_name_the_layer():
     ):
         attn(jnp.ones((3, 5, 8)), mask=jnp.ones((4, 1, 5, 5), bool))
     with pytest.raises(ValueError, match="qkv_features must be a positive int, got 0"):
-        MultiHeadAttention(8, 2, qkv_features=0, key=K)
+        MultiHeadAttention(8, 2, qkv_features=0, key=K())
     # A mask that broadcasts is still fine.
     assert attn(jnp.ones((3, 5, 8)), mask=jnp.ones((3, 1, 5, 5), bool)).shape == (3, 5, 8)
 
@@ -165,17 +168,21 @@ def test_attention_input_and_mask_checks_name_the_layer():
     ("make", "error", "words"),
     [
         (
-            lambda: Linear(0, 2, key=K),
+            lambda: Linear(0, 2, key=K()),
             ValueError,
             "Linear: in_features must be a positive int, got 0",
         ),
         (
-            lambda: Linear(3, -1, key=K),
+            lambda: Linear(3, -1, key=K()),
             ValueError,
             "Linear: out_features must be a positive int, got -1",
         ),
         (lambda: Linear(3, 2, key=None), TypeError, r"Linear\(key=\.\.\.\): got key=None"),
-        (lambda: Linear(3.5, 2, key=K), ValueError, "in_features must be a positive int, got 3.5"),
+        (
+            lambda: Linear(3.5, 2, key=K()),
+            ValueError,
+            "in_features must be a positive int, got 3.5",
+        ),
         (lambda: Conv(3, 4, 3, key=None), TypeError, r"Conv\(key=\.\.\.\): got key=None"),
         (lambda: Embedding(5, 4, key=None), TypeError, r"Embedding\(key=\.\.\.\): got key=None"),
         (
@@ -183,14 +190,14 @@ def test_attention_input_and_mask_checks_name_the_layer():
             TypeError,
             r"Sequential: layers\[0\] is 3, which is not callable",
         ),
-        (lambda: Sequential(Linear(2, 2, key=K)), TypeError, "layers must be a list of layers"),
+        (lambda: Sequential(Linear(2, 2, key=K())), TypeError, "layers must be a list of layers"),
         (
-            lambda: Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K, remat="yes"),
+            lambda: Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K(), remat="yes"),
             TypeError,
             "Stack: remat must be True, False or a jax.checkpoint policy.*got 'yes'",
         ),
         (
-            lambda: TransformerEncoder(10, 3, features=8, num_heads=2, remat="yes", key=K),
+            lambda: TransformerEncoder(10, 3, features=8, num_heads=2, remat="yes", key=K()),
             TypeError,
             "TransformerEncoder: remat must be",
         ),
@@ -202,15 +209,15 @@ def test_constructors_refuse_bad_arguments(make, error, words):
 
 
 def test_linear_input_checks():
-    model = Sequential([Linear(3, 2, key=K)])
+    model = Sequential([Linear(3, 2, key=K())])
     with pytest.raises(ValueError, match=r"Sequential\.layers\[0\].*got a scalar.*x\[None\]"):
         model(jnp.float32(1.0))
     with pytest.raises(TypeError, match=r"Linear\(.*\): input must be an array.*got a list"):
-        Linear(3, 2, key=K)([1.0, 2.0, 3.0])
+        Linear(3, 2, key=K())([1.0, 2.0, 3.0])
 
 
 def test_remat_true_or_policy_still_accepted():
-    stack = Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K, remat=True)
+    stack = Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K(), remat=True)
     policy = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
     assert stack.replace(remat=policy).remat is policy
     g = jax.grad(lambda s: s(jnp.ones(2)).sum())(stack)
@@ -225,7 +232,7 @@ def test_scan_with_a_scalar_leaf_in_xs():
 
 
 def test_replace_at_inside_an_array_and_missing_paths():
-    lin = Linear(3, 2, key=K)
+    lin = Linear(3, 2, key=K())
     model = Sequential([lin, lin])
     with pytest.raises(
         TypeError,
@@ -242,7 +249,7 @@ def test_replace_at_inside_an_array_and_missing_paths():
 
 
 def test_combine_checks():
-    model = Sequential([Linear(3, 2, key=K), Dropout(jnp.asarray(0.1))])
+    model = Sequential([Linear(3, 2, key=K()), Dropout(jnp.asarray(0.1))])
     params, rest = stoax.partition(model)
     assert stoax.combine(params, rest) == model
     with pytest.raises(
@@ -253,7 +260,7 @@ def test_combine_checks():
         stoax.combine(rest)
     with pytest.raises(TypeError, match=r"combine needs the trees to merge"):
         stoax.combine()
-    other = stoax.partition(Sequential([Linear(3, 2, key=K)]))[1]
+    other = stoax.partition(Sequential([Linear(3, 2, key=K())]))[1]
     with pytest.raises(ValueError, match="tree 1 does not have the structure of tree 0"):
         stoax.combine(params, other)
     # Plain pytrees with holes stay allowed (combine is a generic merge there).
@@ -261,7 +268,7 @@ def test_combine_checks():
 
 
 def test_ensemble_wrong_leading_size():
-    ens = Ensemble.build(lambda k: Linear(3, 1, key=k), 5, key=K, in_axes=0)
+    ens = Ensemble.build(lambda k: Linear(3, 1, key=k), 5, key=K(), in_axes=0)
     with pytest.raises(
         ValueError,
         match=r"Ensemble of 5 members with in_axes=0: .*must have size 5; got x of shape "
@@ -272,8 +279,8 @@ def test_ensemble_wrong_leading_size():
 
 
 def test_layer_value_errors_name_the_layer_path():
-    conv = Sequential([Conv(3, 4, 3, key=K)])
-    with pytest.raises(ValueError, match=r"Sequential\.layers\[0\] \(Conv\(.*channels-last"):
+    conv = Sequential([Conv(3, 4, 3, key=K())])
+    with pytest.raises(ValueError, match=r"Sequential\.layers\[0\] \(Conv.*channels-last"):
         conv(jnp.ones((5, 2)))
 
     class Tied(stoax.Module):
@@ -283,12 +290,12 @@ def test_layer_value_errors_name_the_layer_path():
             return self.embed.attend(x)
 
     with pytest.raises(ValueError, match=r"Embedding\(.*\)\.attend: the input's last axis"):
-        Tied(Embedding(10, 4, key=K))(jnp.ones((3, 5)))
+        Tied(Embedding(10, 4, key=K()))(jnp.ones((3, 5)))
     enc = Sequential(
-        [TransformerEncoder(10, 3, features=8, num_heads=2, num_layers=1, max_len=4, key=K)]
+        [TransformerEncoder(10, 3, features=8, num_heads=2, num_layers=1, max_len=4, key=K())]
     )
     with pytest.raises(ValueError, match=r"Sequential\.layers\[0\].*length <= max_len = 4"):
         stoax.eval_mode(enc)(jnp.zeros((2, 6), jnp.int32))
     drop_path = Sequential([DropPath(0.5)])
     with pytest.raises(ValueError, match=r"Sequential\.layers\[0\] \(DropPath\(.*leading batch"):
-        drop_path(jnp.ones(()), key=K)
+        drop_path(jnp.ones(()), key=K())
