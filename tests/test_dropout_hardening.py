@@ -270,3 +270,16 @@ def test_broadcast_dims_int_and_negative_axes():
     # A negative axis is normalised against the input's rank: -2 is axis 1 here.
     np.testing.assert_array_equal(Dropout(0.5, broadcast_dims=(-2,))(x, key=key()), y)
     np.testing.assert_array_equal(dropout(x, 0.5, key(), broadcast_dims=[1]), y)
+
+
+def test_mixed_second_derivatives_in_x_and_rate_are_plain_autodiffs():
+    def f(x, rate, regen):
+        y = dropout(x, rate, jax.random.key(10), regenerate_mask=regen)
+        return jnp.sum(jnp.tanh(y) ** 2)
+
+    args = (X[:16], jnp.float32(0.3))
+    h = jax.hessian(f, argnums=(0, 1))(*args, True)
+    h_plain = jax.hessian(f, argnums=(0, 1))(*args, False)
+    for a, b in zip(jax.tree.leaves(h), jax.tree.leaves(h_plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert float(jnp.abs(h[0][1]).max()) > 0  # the mixed term is there

@@ -48,6 +48,9 @@ def test_replace_runs_the_constructor_checks():
         stoax.set_mode(model, jnp.asarray([True, False]))  # not a scalar flag
     with pytest.raises(TypeError, match="Stack: remat must be True, False or a jax.checkpoint"):
         Stack.build(lambda k: Linear(2, 2, key=k), 2, key=K()).replace(remat="yes")
+    with pytest.raises(TypeError, match=r"Sequential: layers\[1\] is 3, which is not callable"):
+        model.replace(layers=[Dropout(0.1), 3])
+    assert Sequential(d for d in [Dropout(0.1)]).layers[0].rate == 0.1  # any iterable
     # Normalisation runs on edits too: a Python int rate becomes a float, an int axis a tuple.
     edited = Dropout(0.1).replace(rate=1, broadcast_dims=0)
     assert edited.rate == 1.0 and type(edited.rate) is float and edited.broadcast_dims == (0,)

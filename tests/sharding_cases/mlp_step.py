@@ -185,9 +185,12 @@ def per_example(params, rest, x, y, keys):
     model = stoax.combine(params, rest)
 
     def one(xi, yi, ki):
-        # dropout before the relu here, so that a zero in the output is a dropped unit
-        h = model.layers[2](model.layers[0](xi), key=ki)
-        return jnp.mean((model.layers[3](jax.nn.relu(h)) - yi) ** 2), h != 0
+        drop = model.layers[2]
+        h = drop(model.layers[0](xi), key=ki)
+        # The layer's mask is keep_mask(key, shape, rate) (not h != 0: with the exact data an
+        # input unit can be exactly 0, which would make the mask depend on the data too).
+        kept = stoax.random.keep_mask(ki, h.shape, drop.rate)
+        return jnp.mean((model.layers[3](jax.nn.relu(h)) - yi) ** 2), kept
 
     return jax.vmap(one)(x, y, keys)
 

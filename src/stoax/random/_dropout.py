@@ -25,11 +25,11 @@ regenerates the mask from the key, tied to the incoming cotangent, so XLA can ne
 mask nor merge the two generations back into one stored buffer. Being a ``custom_jvp``, it
 supports forward mode too (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``). The gradient with
 respect to a traced rate is the true one, plain autodiff's with the same mask (computing it keeps
-``x`` and the mask for the backward pass, only when the rate is differentiated; mixed second
-derivatives in ``x`` and the rate need ``regenerate_mask=False``). For PRNGs whose draw is an
-unfusible ``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would run every draw twice -- on
-CPU that made a Transformer step 1.5x slower -- so there the residual is the mask itself,
-packed to one bit per element (1/32 of a float32 mask). Switch it off for a call
+``x`` and the mask for the backward pass, only when the rate is differentiated), to every order.
+For PRNGs whose draw is an unfusible ``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would
+run every draw twice -- on CPU that made a Transformer step 1.5x slower -- so there the residual
+is the mask itself, packed to one bit per element (1/32 of a float32 mask). Switch it off for a
+call
 (``regenerate_mask=False``) or globally (:func:`set_regenerate_mask`) to get plain autodiff (the
 mask is then a residual, unless XLA fuses it away).
 
@@ -360,6 +360,7 @@ def keep_mask(key: jax.Array, shape: Sequence[int], rate: float | jax.Array) -> 
         [True, True, True, True]
     """
     shape = tuple(int(d) for d in shape)
+    rate = check_rate(rate, "stoax.random.keep_mask")
     if _is_static(rate):
         return _keep_mask_static(_as_key(key), shape, float(rate))
     return _keep_mask_traced(_as_key(key), shape, rate)
@@ -382,14 +383,16 @@ def _rate_of(static, rate):
     return static[0] if static[0] is not None else rate
 
 
-def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
+def _scaled(x: jax.Array, rate: float | jax.Array) -> jax.Array:
+    """``x / (1 - rate)``, computed in float32 for bf16/f16 and rounded once."""
     compute = _compute_dtype(x.dtype)
-    kept = (
-        x * _scale(rate, x.dtype)
-        if compute == x.dtype
-        else (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
-    )
-    return jnp.where(mask, kept, jnp.zeros((), x.dtype))
+    if compute == x.dtype:
+        return x * _scale(rate, x.dtype)
+    return (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
+
+
+def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
+    return jnp.where(mask, _scaled(x, rate), jnp.zeros((), x.dtype))
 
 
 def _rate_cotangent(static, x, mask, rate, g) -> jax.Array:
@@ -454,31 +457,32 @@ def _backward_mask(static, kept, r, tie):
     return _unpack(kept, static[2])
 
 
-def _masked(static, residuals, t):
-    """The linear map ``t -> mask * scale * t`` (``t`` a tangent), the mask rebuilt from
-    ``residuals``; also its own transpose (the mask is elementwise)."""
-    kept, rate = residuals
+def _select(static, kept, rate, t):
+    """The linear map ``t -> where(mask, t, 0)`` (``t`` a tangent or a cotangent), the mask
+    rebuilt from ``kept``; its own transpose (the mask is elementwise)."""
     # Separate barriers: one barrier over the tuple ``(kept, t)`` makes GSPMD gather ``t``
     # under sharding. What keeps the regeneration apart from the forward draw on every backend
     # is the elementwise tie to ``t`` (see _zeros_tied_to).
     kept = jax.lax.optimization_barrier(kept)
     t = jax.lax.optimization_barrier(t)
-    r = _rate_of(static, rate)
-    return _apply(t, _backward_mask(static, kept, r, tie=t), r)
+    mask = _backward_mask(static, kept, _rate_of(static, rate), tie=t)
+    return jnp.where(mask, t, jnp.zeros((), t.dtype))
 
 
-def _linear_masked(static, kept, rate, t):
-    """``_masked`` as a linear map JAX can transpose, batch and differentiate:
-    ``lax.custom_linear_solve`` with the map as its own (symmetric) "solve". Its transpose --
-    the backward pass -- calls the map on the cotangent, regenerating the mask there; its only
-    residuals are ``kept`` and ``rate``. (The rate's own derivative is added by the caller, so
-    the map sees it as a constant.)"""
-    rate = lax.stop_gradient(rate)
+def _linear_dropout(static, kept, rate, t):
+    """``where(mask, t / (1 - rate), 0)``, linear in ``t``, as JAX can transpose, batch and
+    differentiate it. The select is a ``lax.custom_linear_solve`` whose "solve" is the select
+    itself (symmetric): its transpose -- the backward pass -- regenerates the mask from
+    ``kept`` on the cotangent, and its only residuals are ``kept`` and the rate. The mask has
+    no derivative in the rate (a comparison); the scale, which has one, is applied outside with
+    plain ops, so higher derivatives in the rate are exact too."""
+    fixed_rate = lax.stop_gradient(rate)
 
-    def apply(_matvec, t):
-        return _masked(static, (kept, rate), t)
+    def select(_matvec, t):
+        return _select(static, kept, fixed_rate, t)
 
-    return lax.custom_linear_solve(lambda t: t, t, apply, symmetric=True)
+    selected = lax.custom_linear_solve(lambda t: t, t, select, symmetric=True)
+    return _scaled(selected, _rate_of(static, rate))
 
 
 def _is_zero(t) -> bool:
@@ -493,7 +497,7 @@ def _dropout_regen_jvp(static, primals, tangents):
     y = _apply(x, mask, r)
     y_dot = None
     if not _is_zero(x_dot):
-        y_dot = _linear_masked(static, kept, rate, x_dot)
+        y_dot = _linear_dropout(static, kept, rate, x_dot)
     if static[0] is None and not _is_zero(rate_dot):
         # d/d rate of where(mask, x * scale(rate), 0), as plain autodiff computes it. Keeps x
         # and the mask for the backward pass: only when the rate itself is differentiated.
