@@ -46,7 +46,7 @@ ens_and_loop = jax.jit(lambda e, x, k: (e(x, key=k), loop(e, x, k, per_member=e.
 
 def test_build_equals_members_built_in_a_loop(ensemble):
     for m in range(K):
-        assert ensemble[m] == make(keys.child(jax.random.key(0), m))
+        assert ensemble[m] == make(keys.init_child(jax.random.key(0), m))
     assert len(ensemble) == K and len(list(ensemble)) == K
     assert repr(ensemble).startswith(f"Ensemble({K} x Sequential(")
 

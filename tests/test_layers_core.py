@@ -269,7 +269,10 @@ def test_conv_dtypes():
 
 def test_conv_errors():
     conv = random_params(Conv, 3, 8, (3, 3))
-    expected = r"Conv\(3 -> 8.*\(\.\.\., H, W, C\) with C = 3, got shape \(2, 5, 5, 4\)"
+    expected = (
+        r"Conv.*\(\.\.\., H, W, C\) with C = 3 \(8 output channels, kernel \(3, 3\)\), "
+        r"got shape \(2, 5, 5, 4\)"
+    )
     with pytest.raises(ValueError, match=expected):
         conv(np.ones((2, 5, 5, 4), np.float32))
     with pytest.raises(ValueError, match=r"\(\.\.\., H, W, C\)"):

@@ -267,7 +267,7 @@ def test_repr_shows_fields_shapes_and_dtypes(mlp):
         ")"
     )
     odd = Holder((np.zeros(3, np.int32), jax.random.key(2, impl="rbg")), {"a": 1})
-    assert repr(odd) == "Holder(layers=(i32[3], key<rbg>[]), table={'a': 1})"
+    assert repr(odd) == "Holder(layers=(i32[3], key<rbg>[]), table=FrozenDict({'a': 1}))"
 
 
 def test_equality_and_hash():

@@ -3,7 +3,7 @@
 from stoax import keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
-from stoax._module import Module, field, is_array, is_module
+from stoax._module import FrozenDict, Module, field, is_array, is_module
 from stoax._partition import combine, partition, trainable
 from stoax._precision import cast
 from stoax._state import StateError, apply, has_state, state_field
@@ -15,6 +15,7 @@ from stoax.transforms import scan
 __version__ = "0.1.0"
 
 __all__ = [
+    "FrozenDict",
     "Module",
     "StateError",
     "apply",

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import jax
 
-from stoax._module import Module, is_module
+from stoax._module import FrozenDict, Module, is_array, is_module
 
 __all__ = ["replace_at", "map_modules"]
 
@@ -44,14 +44,36 @@ def replace_at(model: M, path: str, value: Any) -> M:
         >>> stoax.replace_at(model, "layers[1].rate", 0.5).layers[1].rate
         0.5
     """
+    if not isinstance(path, str):
+        raise TypeError(f"replace_at: path must be a str such as 'layers[0].rate', got {path!r}.")
     steps = _parse(path)
     if not steps:
         raise ValueError("replace_at needs a non-empty path such as 'layers[0].rate'.")
-    return _replace(model, steps, value, path)
+    return _replace(model, steps, value, path, [])
 
 
-def _replace(node: Any, steps: list[str | int], value: Any, path: str) -> Any:
+def _format(steps: list[str | int]) -> str:
+    """``["layers", 1, "weight"]`` as ``"layers[1].weight"``."""
+    return "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in steps).lstrip(".")
+
+
+def _replace(
+    node: Any, steps: list[str | int], value: Any, path: str, done: list[str | int]
+) -> Any:
     step, rest = steps[0], steps[1:]
+    if is_array(node):
+        where = _format(done)
+        raise TypeError(
+            f"replace_at: path {path!r} goes inside the array at {where!r} (shape "
+            f"{tuple(node.shape)}); replace_at replaces whole fields. To change part of an "
+            f"array, build the new array and replace the field: "
+            f"replace_at(model, {where!r}, old.at[...].set(value))."
+        )
+    if not (is_module(node) or isinstance(node, list | tuple | dict | FrozenDict)):
+        raise KeyError(
+            f"replace_at: path {path!r} does not exist: {type(node).__name__} at "
+            f"{_format(done) or 'the top'} has no {step!r}."
+        )
     try:
         if is_module(node):
             if not isinstance(step, str):
@@ -63,11 +85,11 @@ def _replace(node: Any, steps: list[str | int], value: Any, path: str) -> Any:
         raise KeyError(
             f"replace_at: path {path!r} does not exist: {type(node).__name__} has no {step!r}."
         ) from None
-    new_child = _replace(child, rest, value, path) if rest else value
+    new_child = _replace(child, rest, value, path, [*done, step]) if rest else value
     if is_module(node):
         return node.replace(**{step: new_child})
-    if isinstance(node, dict):
-        return {**node, step: new_child}
+    if isinstance(node, dict | FrozenDict):
+        return type(node)({**node, step: new_child})
     items = list(node)
     items[step] = new_child
     return type(node)(items) if not hasattr(node, "_fields") else type(node)(*items)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, dataclass_transform
 
 import jax
@@ -34,7 +34,7 @@ from stoax._errors import locate_layer_errors
 from stoax._layer_call import named_scope
 from stoax._peers import note_module_type
 
-__all__ = ["Module", "field", "is_array", "is_module"]
+__all__ = ["FrozenDict", "Module", "field", "is_array", "is_module"]
 
 _FROZEN = "__stoax_frozen__"  # instance flag: set once construction is over
 _FLAT = "__stoax_flat__"  # instance cache: (children, aux) -- valid because instances are immutable
@@ -196,6 +196,89 @@ def _unflatten(cls: type[Module], aux, children) -> Module:
     return module
 
 
+class FrozenDict(Mapping):
+    """A read-only, hashable dict: what a ``dict`` in a static field of a module becomes.
+
+    Example:
+        >>> import stoax
+        >>> d = stoax.FrozenDict({"a": 1})
+        >>> d["a"], d == {"a": 1}, hash(d) == hash(stoax.FrozenDict(a=1))
+        (1, True, True)
+    """
+
+    __slots__ = ("_data",)
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        object.__setattr__(self, "_data", dict(*args, **kwargs))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._data.items()))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("FrozenDict is read-only")
+
+    def __repr__(self) -> str:
+        return f"FrozenDict({self._data!r})"
+
+
+def _freeze(value: Any) -> Any:
+    """A static value with every list, dict and set in it made immutable (tuple, FrozenDict,
+    frozenset): a static field is part of the compiled program's cache key, so it must not
+    change after a ``jax.jit`` call has seen it."""
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, tuple):
+        items = [_freeze(v) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    if isinstance(value, dict | FrozenDict):
+        items = {k: _freeze(v) for k, v in value.items()}
+        if isinstance(value, FrozenDict) and all(items[k] is value[k] for k in items):
+            return value
+        return FrozenDict(items)
+    if isinstance(value, set):
+        return frozenset(value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """The inverse of :func:`_freeze` for FrozenDicts (JAX wants plain dicts, e.g. in
+    ``jax.vmap``'s ``in_axes``)."""
+    if isinstance(value, FrozenDict):
+        return {k: thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(thaw(v) for v in value)
+    return value
+
+
+def _finish(module: Module) -> None:
+    """The end of every construction -- ``__init__`` and :meth:`Module.replace`: run the class's
+    ``__check_init__``, freeze static containers, freeze the instance."""
+    check = getattr(module, "__check_init__", None)
+    if check is not None:
+        check()
+    for f in dataclasses.fields(module):
+        value = module.__dict__.get(f.name, dataclasses.MISSING)
+        if value is dataclasses.MISSING or is_array(value) or is_module(value):
+            continue
+        if not _holds_arrays(value):
+            frozen = _freeze(value)
+            if frozen is not value:
+                object.__setattr__(module, f.name, frozen)
+    object.__setattr__(module, _FROZEN, True)
+    _flatten(module)  # fail at construction, not at the first jit, if a field was never set
+
+
 class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
@@ -205,8 +288,7 @@ class _ModuleMeta(type):
         module = cls.__new__(cls)
         object.__setattr__(module, _FROZEN, False)
         module.__init__(*args, **kwargs)
-        object.__setattr__(module, _FROZEN, True)
-        _flatten(module)  # fail at construction, not at the first jit, if a field was never set
+        _finish(module)
         return module
 
     @property
@@ -228,6 +310,13 @@ class Module(metaclass=_ModuleMeta):
     Subclasses declare fields as class annotations; a dataclass ``__init__`` is generated unless
     the class writes its own (which assigns ``self.field = ...``; assignment is refused once
     construction is over). Use :meth:`replace` or :func:`stoax.replace_at` to make edited copies.
+
+    **One validation path.** A class may define ``__check_init__(self)``: it runs after every
+    construction -- the ``__init__`` and every :meth:`replace` (so :func:`stoax.replace_at`,
+    :func:`stoax.set_mode` too) -- and may normalise fields by assigning them (the instance is
+    frozen right after it). Rebuilding from a pytree (``jax.tree.map``, ``jax.jit``) runs no
+    check. Static fields are frozen: a list becomes a tuple, a dict a :class:`FrozenDict`, a set
+    a frozenset -- equal modules always mean equal compiled programs.
 
     Example:
         >>> import jax.numpy as jnp, stoax
@@ -281,10 +370,10 @@ class Module(metaclass=_ModuleMeta):
                 f"{sorted(names)}."
             )
         module = object.__new__(type(self))
+        object.__setattr__(module, _FROZEN, False)
         for name in names:
             object.__setattr__(module, name, changes.get(name, self.__dict__[name]))
-        object.__setattr__(module, _FROZEN, True)
-        _flatten(module)
+        _finish(module)
         return module
 
     def __repr__(self) -> str:

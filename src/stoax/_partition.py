@@ -84,9 +84,42 @@ def partition(tree: T) -> tuple[T, T]:
 
 def combine(*trees: T) -> T:
     """Merge pytrees with ``None`` holes (from :func:`partition`) into one: the first non-``None``
-    leaf wins at each position."""
+    leaf wins at each position.
+
+    The trees must have one structure (the halves of one model); a module that ends up with a
+    hole at an array field -- ``combine(rest)`` without the params -- is refused, naming the
+    field.
+    """
+    if not trees:
+        raise TypeError("combine needs the trees to merge: combine(params, rest).")
+    is_hole = lambda x: x is None  # noqa: E731
+    first_def = jax.tree.structure(trees[0], is_leaf=is_hole)
+    for i, tree in enumerate(trees[1:], start=1):
+        other = jax.tree.structure(tree, is_leaf=is_hole)
+        if other != first_def:
+            raise ValueError(
+                f"combine: tree {i} does not have the structure of tree 0 -- they are not two "
+                f"halves of one model (from stoax.partition(model)).\n  tree 0: {first_def}\n"
+                f"  tree {i}: {other}"
+            )
 
     def first(*xs: Any) -> Any:
         return next((x for x in xs if x is not None), None)
 
-    return jax.tree.map(first, *trees, is_leaf=lambda x: x is None)
+    merged = jax.tree.map(first, *trees, is_leaf=is_hole)
+    holes = [
+        jax.tree_util.keystr(path)
+        for path, x in jax.tree_util.tree_flatten_with_path(merged, is_leaf=is_hole)[0]
+        if x is None
+    ]
+    if holes and _has_module(merged):
+        raise ValueError(
+            f"combine: after merging, {len(holes)} array field(s) are still holes (None): "
+            f"{', '.join(holes[:5])}{' ...' if len(holes) > 5 else ''}. Pass both halves: "
+            "stoax.combine(params, rest)."
+        )
+    return merged
+
+
+def _has_module(tree: Any) -> bool:
+    return any(is_module(x) for x in jax.tree.leaves(tree, is_leaf=is_module))

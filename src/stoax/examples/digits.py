@@ -93,7 +93,7 @@ class RowTransformer(stoax.Module):
 def make_transformer(rate: float | jax.Array, *, key: jax.Array) -> stoax.Module:
     """A 2-layer, 64-wide, 4-head :class:`RowTransformer`; dropout ``rate`` on the embeddings,
     residual branches, MLP hidden layers and attention probabilities."""
-    k_embed, k_pos, k_blocks, k_head = stoax.keys.derive(key, "embed", "pos", "blocks", "head")
+    k_embed, k_pos, k_blocks, k_head = stoax.keys.init_derive(key, "embed", "pos", "blocks", "head")
     width = 64
 
     def block(k: jax.Array) -> stoax.nn.TransformerBlock:

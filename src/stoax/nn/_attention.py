@@ -12,6 +12,7 @@ from stoax._errors import LayerTypeError, LayerValueError
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
 from stoax.nn._linear import Linear
+from stoax.nn._sizes import positive_int
 
 __all__ = ["MultiHeadAttention"]
 
@@ -79,17 +80,32 @@ class MultiHeadAttention(Module):
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
-        qkv_features = features if qkv_features is None else qkv_features
-        out_features = features if out_features is None else out_features
-        context_features = features if context_features is None else context_features
-        if num_heads < 1 or qkv_features % num_heads:
+        where = "MultiHeadAttention"
+        features = positive_int(features, where, "features")
+        num_heads = positive_int(num_heads, where, "num_heads")
+        qkv_features = positive_int(
+            features if qkv_features is None else qkv_features, where, "qkv_features"
+        )
+        out_features = positive_int(
+            features if out_features is None else out_features, where, "out_features"
+        )
+        context_features = positive_int(
+            features if context_features is None else context_features, where, "context_features"
+        )
+        if qkv_features % num_heads:
             raise ValueError(
                 f"MultiHeadAttention: qkv_features ({qkv_features}) must be a positive multiple "
                 f"of num_heads ({num_heads}); pick qkv_features=num_heads * head_size."
             )
         if not isinstance(causal, bool):
             raise TypeError(f"MultiHeadAttention: causal must be a Python bool, got {causal!r}.")
-        k_q, k_k, k_v, k_o = keys.derive(key, "query_proj", "key_proj", "value_proj", "out_proj")
+        k_q, k_k, k_v, k_o = keys.init_derive(
+            keys.as_key(key, "MultiHeadAttention"),
+            "query_proj",
+            "key_proj",
+            "value_proj",
+            "out_proj",
+        )
         self.query_proj = Linear(features, qkv_features, use_bias=use_bias, key=k_q, dtype=dtype)
         self.key_proj = Linear(
             context_features, qkv_features, use_bias=use_bias, key=k_k, dtype=dtype
@@ -106,7 +122,27 @@ class MultiHeadAttention(Module):
         # (..., length, qkv_features) -> (..., length, heads, head_size)
         return x.reshape(*x.shape[:-1], self.num_heads, x.shape[-1] // self.num_heads)
 
-    def _full_mask(self, mask: jax.Array | None, q_len: int, kv_len: int) -> jax.Array | None:
+    def _check_inputs(self, query: jax.Array, context: jax.Array) -> None:
+        for name, x in (("query", query), ("context", context)):
+            if jnp.ndim(x) < 2:
+                raise LayerValueError(
+                    self,
+                    f": {name} must have shape (..., length, features), got shape "
+                    f"{tuple(jnp.shape(x))}. A single sequence is (length, features); add the "
+                    "length axis with x[None, :] for a single position.",
+                )
+        if query.shape[:-2] != context.shape[:-2]:
+            try:
+                jnp.broadcast_shapes(query.shape[:-2], context.shape[:-2])
+            except ValueError:
+                raise LayerValueError(
+                    self,
+                    f": query {tuple(query.shape)} and context {tuple(context.shape)} have "
+                    "batch axes that do not broadcast.",
+                ) from None
+
+    def _full_mask(self, mask: jax.Array | None, logits_shape: tuple[int, ...]) -> jax.Array | None:
+        q_len, kv_len = logits_shape[-2:]
         if mask is not None:
             if getattr(mask, "dtype", None) != jnp.bool_:
                 raise LayerTypeError(
@@ -116,11 +152,17 @@ class MultiHeadAttention(Module):
                 )
             target = (self.num_heads, q_len, kv_len)
             tail = mask.shape[-3:]
-            if any(m not in (1, t) for m, t in zip(tail[::-1], target[::-1], strict=False)):
+            bad_tail = any(m not in (1, t) for m, t in zip(tail[::-1], target[::-1], strict=False))
+            try:
+                fits = jnp.broadcast_shapes(mask.shape, logits_shape) == tuple(logits_shape)
+            except ValueError:
+                fits = False
+            if bad_tail or not fits:
                 raise LayerValueError(
                     self,
                     f": mask of shape {mask.shape} does not broadcast to "
-                    f"(..., num_heads, q_len, kv_len) = (..., {', '.join(map(str, target))}).",
+                    f"(..., num_heads, q_len, kv_len) = {tuple(logits_shape)} (the batch axes "
+                    "of the mask must match the input's, or be 1).",
                 )
         if self.causal:
             causal = jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]
@@ -136,13 +178,14 @@ class MultiHeadAttention(Module):
         key: jax.Array | None = None,
     ) -> jax.Array:
         context = query if context is None else context
+        self._check_inputs(query, context)
         q = self._heads(self.query_proj(query))
         k = self._heads(self.key_proj(context))
         v = self._heads(self.value_proj(context))
         scale = 1.0 / math.sqrt(q.shape[-1])
         logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k)
         logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-        mask = self._full_mask(mask, q.shape[-3], k.shape[-3])
+        mask = self._full_mask(mask, logits.shape)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         probs = jax.nn.softmax(logits, axis=-1)
@@ -153,4 +196,5 @@ class MultiHeadAttention(Module):
         out = self.dropout.then(
             _weighted_sum, probs.astype(v.dtype), v, key=keys.child(key, "dropout")
         )
-        return self.out_proj(out.reshape(*out.shape[:-2], -1))
+        # No -1 in the reshape: an empty batch (size 0) would make it ambiguous.
+        return self.out_proj(out.reshape(*out.shape[:-2], out.shape[-2] * out.shape[-1]))

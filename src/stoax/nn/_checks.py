@@ -6,10 +6,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stoax import keys
 from stoax._errors import LayerError, LayerTypeError
+from stoax.random._dropout import check_rate
+
+__all__ = [
+    "MissingKeyError",
+    "check_rate",
+    "require_float",
+    "need_key",
+    "is_identity",
+    "draw_key",
+    "by_mode",
+]
 
 
 class MissingKeyError(LayerError, ValueError):
@@ -17,31 +27,6 @@ class MissingKeyError(LayerError, ValueError):
 
     The message names the layer by its place in the model (``TransformerEncoder.embed_dropout``)
     and says what to pass."""
-
-
-def check_rate(rate: Any, layer: str) -> float | jax.Array:
-    """A rate in [0, 1]: Python numbers become floats; concrete arrays are checked by value."""
-    if isinstance(rate, bool):
-        raise TypeError(f"{layer}: rate must be a number in [0, 1], got the bool {rate}.")
-    if isinstance(rate, int | float | np.floating | np.integer):
-        rate = float(rate)
-        if not 0.0 <= rate <= 1.0:
-            raise ValueError(
-                f"{layer}: rate must be in [0, 1] (the probability of dropping), got {rate}."
-            )
-        return rate
-    if hasattr(rate, "dtype"):
-        if not jnp.issubdtype(rate.dtype, jnp.floating):
-            raise TypeError(f"{layer}: rate must be a floating array, got dtype {rate.dtype}.")
-        if not isinstance(rate, jax.core.Tracer):
-            values = np.asarray(rate)
-            if values.size and not ((values >= 0) & (values <= 1)).all():
-                raise ValueError(
-                    f"{layer}: every rate must be in [0, 1] (the probability of dropping), got "
-                    f"{values.min()} .. {values.max()}."
-                )
-        return rate
-    raise TypeError(f"{layer}: rate must be a float or a JAX array, got {type(rate).__name__}.")
 
 
 def require_float(x: Any, layer: Any) -> None:

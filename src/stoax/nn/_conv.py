@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from stoax import keys
+from stoax._errors import LayerValueError
 from stoax._module import Module
 from stoax.nn._checks import require_float
 from stoax.nn._sizes import positive_int, positive_ints
@@ -88,6 +90,7 @@ class Conv(Module):
         self.dilation = positive_ints(dilation, n, "Conv", "dilation")
         self.groups = groups
         init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
+        key = keys.as_key(key, "Conv(key=...)")
         self.weight = init(key, (*kernel, in_channels // groups, out_channels), dtype)
         self.bias = jnp.zeros((out_channels,), dtype) if use_bias else None
 
@@ -108,10 +111,11 @@ class Conv(Module):
         n = len(self.stride)
         if x.ndim < n + 1 or x.shape[-1] != self.in_channels:
             layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
-            raise ValueError(
-                f"Conv({self.in_channels} -> {self.out_channels}, kernel {self.kernel_size}): "
-                f"expected a channels-last input (..., {layout}) with C = {self.in_channels}, "
-                f"got shape {tuple(x.shape)}."
+            raise LayerValueError(
+                self,
+                f": expected a channels-last input (..., {layout}) with C = {self.in_channels} "
+                f"({self.out_channels} output channels, kernel {self.kernel_size}), got shape "
+                f"{tuple(x.shape)}.",
             )
         batch = x.shape[: x.ndim - n - 1]
         h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))

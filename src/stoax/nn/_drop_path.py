@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from stoax._errors import LayerValueError
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
 from stoax.nn._checks import by_mode, check_rate, draw_key, is_identity
@@ -36,7 +37,7 @@ class DropPath(Module):
     rate: float | jax.Array = field(trainable=False)
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __post_init__(self):
+    def __check_init__(self):
         self.rate = check_rate(self.rate, "DropPath")
         self.training = check_training_flag(self.training, "DropPath")
 
@@ -44,10 +45,11 @@ class DropPath(Module):
         if is_identity(self, x, self.rate):
             return x
         if jnp.ndim(x) == 0:
-            raise ValueError(
-                "DropPath: input must have a leading batch axis (one mask value per example), "
-                "got a scalar. Under jax.vmap over examples use stoax.nn.Dropout(rate, "
-                "broadcast_dims=...) on the per-example shape instead."
+            raise LayerValueError(
+                self,
+                ": input must have a leading batch axis (one mask value per example), got a "
+                "scalar. Under jax.vmap over examples use stoax.nn.Dropout(rate, "
+                "broadcast_dims=...) on the per-example shape instead.",
             )
         key = draw_key(self, key)
         y = dropout(x, self.rate, key, broadcast_dims=tuple(range(1, jnp.ndim(x))))

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import jax
 
+from stoax._errors import LayerValueError
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
 from stoax.nn._checks import by_mode, check_rate, draw_key, is_identity
 from stoax.random import dropout, dropout_then
+from stoax.random._dropout import broadcast_dims_problem, check_broadcast_dims
 
 __all__ = ["Dropout"]
 
@@ -20,7 +22,8 @@ class Dropout(Module):
         rate: probability of zeroing an element, in [0, 1]. A Python float is static; a JAX
             array is a (non-trainable) leaf, so a sweep over rates can be vmapped.
         broadcast_dims: axes along which one mask value is shared (linen's ``broadcast_dims``),
-            e.g. ``(-2,)`` to drop whole feature channels of a sequence.
+            e.g. ``(-2,)`` to drop whole feature channels of a sequence. A tuple of distinct
+            ints (a single int is one axis); checked against the input's rank at the call.
         training: ``True``/``False`` (static), or a scalar bool JAX array (traced).
 
     Example:
@@ -35,14 +38,20 @@ class Dropout(Module):
     broadcast_dims: tuple[int, ...] = ()
     training: bool | jax.Array = True
 
-    def __post_init__(self):
+    def __check_init__(self):
         self.rate = check_rate(self.rate, "Dropout")
-        self.broadcast_dims = tuple(int(d) for d in self.broadcast_dims)
+        self.broadcast_dims = check_broadcast_dims(self.broadcast_dims, "Dropout")
         self.training = check_training_flag(self.training, "Dropout")
+
+    def _check_input(self, x: jax.Array) -> None:
+        problem = broadcast_dims_problem(self.broadcast_dims, x.ndim)
+        if problem:
+            raise LayerValueError(self, f": {problem}; got an input of shape {tuple(x.shape)}.")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         if is_identity(self, x, self.rate):
             return x
+        self._check_input(x)
         key = draw_key(self, key)
         return by_mode(self, dropout(x, self.rate, key, broadcast_dims=self.broadcast_dims), x)
 
@@ -60,6 +69,7 @@ class Dropout(Module):
         """
         if is_identity(self, x, self.rate):
             return fn(x, *operands)
+        self._check_input(x)
         key = draw_key(self, key)
         if self.training is True:
             return dropout_then(

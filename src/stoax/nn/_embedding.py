@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax._errors import LayerIndexError, LayerTypeError
+from stoax import keys
+from stoax._errors import LayerIndexError, LayerTypeError, LayerValueError
 from stoax._module import Module
 from stoax.nn._sizes import positive_int
 
@@ -44,7 +45,7 @@ class Embedding(Module):
             positive_int(num_embeddings, "Embedding", "num_embeddings"),
             positive_int(features, "Embedding", "features"),
         )
-        self.weight = jax.random.normal(key, shape, dtype)
+        self.weight = jax.random.normal(keys.as_key(key, "Embedding(key=...)"), shape, dtype)
 
     @property
     def num_embeddings(self) -> int:
@@ -91,8 +92,9 @@ class Embedding(Module):
         embedding; the result's last axis has size ``num_embeddings``.
         """
         if getattr(x, "ndim", 0) < 1 or x.shape[-1] != self.features:
-            raise ValueError(
-                f"Embedding({self.num_embeddings}, {self.features}).attend: the input's last axis "
-                f"must have size {self.features}, got shape {getattr(x, 'shape', type(x))}."
+            raise LayerValueError(
+                self,
+                f".attend: the input's last axis must have size {self.features} (features), got "
+                f"shape {getattr(x, 'shape', type(x).__name__)}.",
             )
         return x @ self.weight.T

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -20,10 +21,10 @@ def _check_stddev(stddev: Any) -> float | jax.Array:
         raise TypeError(f"GaussianNoise: stddev must be a number >= 0, got the bool {stddev}.")
     if isinstance(stddev, int | float | np.integer | np.floating):
         stddev = float(stddev)
-        if not stddev >= 0.0:  # also refuses NaN
+        if not 0.0 <= stddev < math.inf:  # also refuses NaN
             raise ValueError(
-                f"GaussianNoise: stddev must be >= 0 (the noise's standard deviation), got "
-                f"{stddev}."
+                f"GaussianNoise: stddev must be a finite number >= 0 (the noise's standard "
+                f"deviation), got {stddev}."
             )
         return stddev
     if hasattr(stddev, "dtype"):
@@ -33,9 +34,11 @@ def _check_stddev(stddev: Any) -> float | jax.Array:
             )
         if not isinstance(stddev, jax.core.Tracer):
             values = np.asarray(stddev)
-            if values.size and not (values >= 0).all():
+            if values.size and not ((values >= 0) & np.isfinite(values)).all():
                 raise ValueError(
-                    f"GaussianNoise: every stddev must be >= 0, got min {values.min()}."
+                    f"GaussianNoise: every stddev must be finite and >= 0, got "
+                    f"{np.nanmin(values)} .. {np.nanmax(values)}"
+                    f"{' and NaN' if np.isnan(values).any() else ''}."
                 )
         return stddev
     raise TypeError(
@@ -63,7 +66,7 @@ class GaussianNoise(Module):
     stddev: float | jax.Array = field(trainable=False)
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __post_init__(self):
+    def __check_init__(self):
         self.stddev = _check_stddev(self.stddev)
         self.training = check_training_flag(self.training, "GaussianNoise")
 

@@ -24,7 +24,7 @@ class MLP(Module):
     Dropout layers (in training mode; switch with ``stoax.eval_mode``). ``activation`` is static
     metadata. The key of ``dropouts[i]`` is ``keys.child(keys.child(key, "dropouts"), i)``: each
     hidden layer draws its own mask. Initialisation: each Linear as :class:`Linear` (weight
-    LeCun-normal, bias zeros), from ``jax.random.split(key, len(hidden) + 1)``.
+    LeCun-normal, bias zeros), layer ``i`` from ``stoax.keys.init_child(key, i)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -64,7 +64,7 @@ class MLP(Module):
         ]
         self.dropouts = tuple(Dropout(dropout) for _ in hidden)
         self.activation = activation
-        init_keys = jax.random.split(keys.as_key(key, "MLP"), len(sizes) - 1)
+        init_keys = keys.init_derive(keys.as_key(key, "MLP"), *range(len(sizes) - 1))
         self.layers = tuple(
             Linear(a, b, use_bias=use_bias, key=k, dtype=dtype)
             for a, b, k in zip(sizes[:-1], sizes[1:], init_keys, strict=True)

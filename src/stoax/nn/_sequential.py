@@ -36,7 +36,28 @@ class Sequential(Module):
     layers: tuple[Callable, ...]
 
     def __init__(self, layers: Sequence[Callable]):
-        self.layers = tuple(layers)
+        self.layers = layers
+
+    def __check_init__(self) -> None:
+        layers = self.layers
+        if (
+            is_module(layers)
+            or callable(layers)
+            or isinstance(layers, str | bytes)
+            or not (hasattr(layers, "__iter__"))
+        ):
+            raise TypeError(
+                "Sequential: layers must be a list of layers, e.g. Sequential([Linear(...), "
+                f"jax.nn.relu]), got {type(layers).__name__}."
+            )
+        layers = tuple(layers)
+        for i, layer in enumerate(layers):
+            if not callable(layer):
+                raise TypeError(
+                    f"Sequential: layers[{i}] is {layer!r}, which is not callable. Each entry "
+                    "must be a stoax module or a function of the input (jax.nn.relu)."
+                )
+        self.layers = layers
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         for i, layer in enumerate(self.layers):

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from stoax import keys
+from stoax._errors import LayerValueError
 from stoax._module import Module
 from stoax.nn._attention import MultiHeadAttention
 from stoax.nn._drop_path import DropPath
@@ -18,6 +19,7 @@ from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
 from stoax.transforms import Stack
+from stoax.transforms._stacked import check_remat
 
 __all__ = ["TransformerBlock", "TransformerEncoder"]
 
@@ -72,7 +74,7 @@ class TransformerBlock(Module):
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
-        k_attn, k_mlp = keys.derive(keys.as_key(key, "TransformerBlock"), "attn", "mlp")
+        k_attn, k_mlp = keys.init_derive(keys.as_key(key, "TransformerBlock"), "attn", "mlp")
         self.attn_norm = LayerNorm(features, dtype=dtype)
         self.attn = MultiHeadAttention(
             features, num_heads, dropout=attention_dropout, causal=causal, key=k_attn, dtype=dtype
@@ -180,7 +182,8 @@ class TransformerEncoder(Module):
     ):
         if pool not in _POOLS:
             raise ValueError(f"TransformerEncoder: pool must be one of {_POOLS}, got {pool!r}.")
-        k_embed, k_pos, k_blocks, k_head = keys.derive(
+        remat = check_remat(remat, "TransformerEncoder")
+        k_embed, k_pos, k_blocks, k_head = keys.init_derive(
             keys.as_key(key, "TransformerEncoder"), "embed", "pos_embed", "blocks", "head"
         )
         self.embed = Embedding(vocab_size, features, key=k_embed, dtype=dtype)
@@ -214,10 +217,11 @@ class TransformerEncoder(Module):
     ) -> jax.Array:
         length = jnp.shape(tokens)[-1] if jnp.ndim(tokens) else 0
         if jnp.ndim(tokens) < 1 or length > self.max_len:
-            raise ValueError(
-                f"TransformerEncoder: tokens must have shape (..., length) with length <= max_len "
-                f"= {self.max_len}; got shape {jnp.shape(tokens)}. Build the model with a larger "
-                "max_len or cut the sequence."
+            raise LayerValueError(
+                self,
+                f": tokens must have shape (..., length) with length <= max_len = "
+                f"{self.max_len}; got shape {jnp.shape(tokens)}. Build the model with a larger "
+                "max_len or cut the sequence.",
             )
         k_drop, k_blocks = keys.derive(key, "embed_dropout", "blocks")
         x = self.embed(tokens) + self.pos_embed[:length]

@@ -18,22 +18,36 @@ Narrower draws (``jax.random.bits`` with ``uint8``/``uint16``) are *not* offered
 partitionable threefry every element still costs one full Threefry-2x32 evaluation, truncated, so
 ``uint8`` is no faster and only coarser (``2**-8``: rate 0.1 would become 26/256 = 0.1016).
 
-**Memory (``regenerate_mask``).** By default the primitive is a ``jax.custom_vjp`` whose only
-residuals are the key's raw words (and a traced rate): the backward pass regenerates the mask
-from the key, tied to the incoming cotangent, so XLA can neither store the mask nor merge the
-two generations back into one stored buffer. For PRNGs whose draw is an unfusible
-``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would run every draw twice -- on CPU that
-made a Transformer step 1.5x slower -- so there the residual is the mask itself, packed to one
-bit per element (1/32 of a float32 mask). Switch it off for a call (``regenerate_mask=False``)
-or globally (:func:`set_regenerate_mask`) to get plain autodiff (the mask is then a residual,
-unless XLA fuses it away).
+**Memory (``regenerate_mask``).** By default the primitive is a ``jax.custom_jvp`` whose tangent
+is a linear map with its own transpose (``lax.custom_linear_solve``): its only residuals are
+the key's raw words (and a traced rate), and the transpose -- the backward pass --
+regenerates the mask from the key, tied to the incoming cotangent, so XLA can neither store the
+mask nor merge the two generations back into one stored buffer. Being a ``custom_jvp``, it
+supports forward mode too (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``). The gradient with
+respect to a traced rate is the true one, plain autodiff's with the same mask (computing it keeps
+``x`` and the mask for the backward pass, only when the rate is differentiated), to every order.
+For PRNGs whose draw is an unfusible ``RngBitGenerator`` (rbg, unsafe_rbg) regenerating would
+run every draw twice -- on CPU that made a Transformer step 1.5x slower -- so there the residual
+is the mask itself, packed to one bit per element (1/32 of a float32 mask). Switch it off for a
+call
+(``regenerate_mask=False``) or globally (:func:`set_regenerate_mask`) to get plain autodiff (the
+mask is then a residual, unless XLA fuses it away).
 
 The dropout *output* is a residual of whatever consumes it next when that op needs its input
 for its own gradient (a matmul: ``dW = dropped_x^T @ g``). :func:`dropout_then` makes dropout and
 that op one differentiated unit: it keeps only the *pre*-dropout input (which the op before
 usually stores anyway -- the softmax output for attention) and the key, and regenerates the
 dropped input in the backward pass. Use it for attention probabilities (``probs @ v``) and for a
-dropout that feeds a Linear.
+dropout that feeds a Linear. It is a ``jax.custom_vjp``: reverse mode only; forward mode
+(``jax.jvp``/``jax.jacfwd``) through it needs ``regenerate_mask=False``.
+
+**Invalid rates.** A Python rate outside [0, 1] (or NaN) raises a ``ValueError``; so does a
+concrete array rate. A *traced* rate cannot raise inside ``jax.jit``: when it is outside [0, 1]
+or NaN the whole output (and its gradient) is NaN -- never a plausible answer.
+
+**Narrow dtypes.** ``x * 1/(1-rate)`` is computed in float32 for bf16/f16 inputs and rounded
+once: a scale that float16 cannot hold (rate 0.99999) does not become ``inf``, and zeros stay
+zeros.
 """
 
 from __future__ import annotations
@@ -47,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 __all__ = [
     "dropout",
@@ -250,6 +265,11 @@ def _is_static(rate: Any) -> bool:
     return isinstance(rate, int | float) and not isinstance(rate, bool)
 
 
+def _invalid(rate: jax.Array) -> jax.Array:
+    """A traced rate outside [0, 1], or NaN (every comparison with NaN is False)."""
+    return ~((rate >= 0) & (rate <= 1))
+
+
 def _mask_from_bits(bits: jax.Array, rate: float | jax.Array) -> jax.Array:
     if _is_static(rate):
         threshold = round(rate * _SCALE)
@@ -257,9 +277,10 @@ def _mask_from_bits(bits: jax.Array, rate: float | jax.Array) -> jax.Array:
             return jnp.zeros(bits.shape, jnp.bool_)
         return bits >= jnp.uint32(threshold)
     rate = jnp.asarray(rate, jnp.float32)
-    # float32 cannot hold 2**32 - 1; clip below it and treat rate >= 1 apart.
+    # float32 cannot hold 2**32 - 1; clip below it and treat rate >= 1 apart. An invalid rate
+    # keeps everything, so that its NaN scale reaches every element (see _scale).
     threshold = jnp.clip(rate * np.float32(_SCALE), 0, np.float32(_SCALE - 256)).astype(jnp.uint32)
-    return (bits >= threshold) & (rate < 1)
+    return ((bits >= threshold) & (rate < 1)) | _invalid(rate)
 
 
 def _scale(rate: float | jax.Array, dtype) -> jax.Array:
@@ -267,12 +288,64 @@ def _scale(rate: float | jax.Array, dtype) -> jax.Array:
         return jnp.asarray(0.0 if rate >= 1 else 1.0 / (1.0 - rate), dtype)
     rate = jnp.asarray(rate, jnp.float32)
     scale = jnp.where(rate < 1, 1.0 / jnp.maximum(1.0 - rate, np.finfo(np.float32).tiny), 0.0)
-    return scale.astype(dtype)
+    return jnp.where(_invalid(rate), np.float32(np.nan), scale).astype(dtype)
 
 
-def _mask_shape(shape: tuple[int, ...], broadcast_dims: Sequence[int]) -> tuple[int, ...]:
-    ndim = len(shape)
-    dims = {d % ndim for d in broadcast_dims} if ndim else set()
+def _compute_dtype(dtype) -> jnp.dtype:
+    """float32 for bf16/f16 (their range cannot hold 1/(1-rate) near rate 1), else ``dtype``."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def check_broadcast_dims(broadcast_dims: Any, where: str) -> tuple[int, ...]:
+    """``broadcast_dims`` as a tuple of ints: a sequence of ints, or one int (one axis).
+
+    Floats, strings, bools and repeated axes are refused; the rank is checked at the call
+    (:func:`normalize_broadcast_dims`).
+    """
+    if isinstance(broadcast_dims, int | np.integer) and not isinstance(broadcast_dims, bool):
+        broadcast_dims = (broadcast_dims,)
+    if isinstance(broadcast_dims, str | bytes) or not isinstance(broadcast_dims, Sequence):
+        raise TypeError(
+            f"{where}: broadcast_dims must be a tuple of axes (ints) such as (0,) or (-2,), "
+            f"got {broadcast_dims!r}."
+        )
+    dims = []
+    for d in broadcast_dims:
+        if isinstance(d, bool | np.bool_) or not isinstance(d, int | np.integer):
+            raise TypeError(
+                f"{where}: every axis in broadcast_dims must be an int, got {d!r} in "
+                f"{tuple(broadcast_dims)!r}."
+            )
+        dims.append(int(d))
+    if len(set(dims)) != len(dims):
+        raise ValueError(f"{where}: broadcast_dims {tuple(dims)} names an axis twice.")
+    return tuple(dims)
+
+
+def broadcast_dims_problem(dims: tuple[int, ...], ndim: int) -> str | None:
+    """What is wrong with (checked) ``dims`` on an input of rank ``ndim``, or ``None``."""
+    for d in dims:
+        if not -ndim <= d < ndim:
+            return (
+                f"broadcast_dims {dims} names axis {d}, but the input has {ndim} axes "
+                f"(valid: {-ndim} .. {ndim - 1})"
+            )
+    if len({d % ndim for d in dims}) != len(dims):
+        return f"broadcast_dims {dims} names one axis twice on a {ndim}-D input"
+    return None
+
+
+def normalize_broadcast_dims(broadcast_dims: Any, ndim: int, where: str) -> tuple[int, ...]:
+    """The axes of ``broadcast_dims`` in ``[0, ndim)`` (negative ones counted from the end):
+    an axis out of range or named twice raises a ``ValueError``."""
+    dims = check_broadcast_dims(broadcast_dims, where)
+    problem = broadcast_dims_problem(dims, ndim)
+    if problem:
+        raise ValueError(f"{where}: {problem}.")
+    return tuple(d % ndim for d in dims)
+
+
+def _mask_shape(shape: tuple[int, ...], dims: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(1 if i in dims else n for i, n in enumerate(shape))
 
 
@@ -287,6 +360,7 @@ def keep_mask(key: jax.Array, shape: Sequence[int], rate: float | jax.Array) -> 
         [True, True, True, True]
     """
     shape = tuple(int(d) for d in shape)
+    rate = check_rate(rate, "stoax.random.keep_mask")
     if _is_static(rate):
         return _keep_mask_static(_as_key(key), shape, float(rate))
     return _keep_mask_traced(_as_key(key), shape, rate)
@@ -309,12 +383,24 @@ def _rate_of(static, rate):
     return static[0] if static[0] is not None else rate
 
 
+def _scaled(x: jax.Array, rate: float | jax.Array) -> jax.Array:
+    """``x / (1 - rate)``, computed in float32 for bf16/f16 and rounded once."""
+    compute = _compute_dtype(x.dtype)
+    if compute == x.dtype:
+        return x * _scale(rate, x.dtype)
+    return (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
+
+
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
-    return jnp.where(mask, x * _scale(rate, x.dtype), jnp.zeros((), x.dtype))
+    return jnp.where(mask, _scaled(x, rate), jnp.zeros((), x.dtype))
 
 
-def _rate_cotangent(rate: jax.Array) -> jax.Array:
-    return jnp.zeros_like(rate)
+def _rate_cotangent(static, x, mask, rate, g) -> jax.Array:
+    """The true cotangent of a traced rate, as plain autodiff of :func:`_apply` gives it."""
+    if static[0] is not None:  # a Python rate: ``rate`` is a dummy
+        return jnp.zeros_like(rate)
+    _, vjp = jax.vjp(lambda r: _apply(x, mask, r), rate)
+    return vjp(g)[0]
 
 
 def _plain_dropout(static, x, key, rate):
@@ -324,12 +410,14 @@ def _plain_dropout(static, x, key, rate):
 
 
 # --------------------------------------------------------------------------------------------
-# custom_vjp: residuals are the key's words (and a traced rate), nothing of the mask's size --
-# or, for key-only draws (rbg), the mask packed to 1 bit per element.
+# custom_jvp whose tangent is a linear_call: residuals are the key's words (and a traced rate),
+# nothing of the mask's size -- or, for key-only draws (rbg), the mask packed to 1 bit per
+# element. Forward mode evaluates the linear map; reverse mode runs its custom transpose, which
+# regenerates the mask.
 # --------------------------------------------------------------------------------------------
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(0,))
+@partial(jax.custom_jvp, nondiff_argnums=(0,))
 def _dropout_regen(static, x, key, rate):
     return _plain_dropout(static, x, key, rate)
 
@@ -369,30 +457,111 @@ def _backward_mask(static, kept, r, tie):
     return _unpack(kept, static[2])
 
 
+def _select(static, kept, rate, t):
+    """The linear map ``t -> where(mask, t, 0)`` (``t`` a tangent or a cotangent), the mask
+    rebuilt from ``kept``; its own transpose (the mask is elementwise)."""
+    # Separate barriers: one barrier over the tuple ``(kept, t)`` makes GSPMD gather ``t``
+    # under sharding. What keeps the regeneration apart from the forward draw on every backend
+    # is the elementwise tie to ``t`` (see _zeros_tied_to).
+    kept = jax.lax.optimization_barrier(kept)
+    t = jax.lax.optimization_barrier(t)
+    mask = _backward_mask(static, kept, _rate_of(static, rate), tie=t)
+    return jnp.where(mask, t, jnp.zeros((), t.dtype))
+
+
+def _linear_dropout(static, kept, rate, t):
+    """``where(mask, t / (1 - rate), 0)``, linear in ``t``, as JAX can transpose, batch and
+    differentiate it. The select is a ``lax.custom_linear_solve`` whose "solve" is the select
+    itself (symmetric): its transpose -- the backward pass -- regenerates the mask from
+    ``kept`` on the cotangent, and its only residuals are ``kept`` and the rate. The mask has
+    no derivative in the rate (a comparison); the scale, which has one, is applied outside with
+    plain ops, so higher derivatives in the rate are exact too."""
+    fixed_rate = lax.stop_gradient(rate)
+
+    def select(_matvec, t):
+        return _select(static, kept, fixed_rate, t)
+
+    selected = lax.custom_linear_solve(lambda t: t, t, select, symmetric=True)
+    return _scaled(selected, _rate_of(static, rate))
+
+
+def _is_zero(t) -> bool:
+    return isinstance(t, SymbolicZero)
+
+
+def _dropout_regen_jvp(static, primals, tangents):
+    x, key, rate = primals
+    x_dot, _, rate_dot = tangents
+    r = _rate_of(static, rate)
+    mask, kept = _forward_mask(static, x, key, r)
+    y = _apply(x, mask, r)
+    y_dot = None
+    if not _is_zero(x_dot):
+        y_dot = _linear_dropout(static, kept, rate, x_dot)
+    if static[0] is None and not _is_zero(rate_dot):
+        # d/d rate of where(mask, x * scale(rate), 0), as plain autodiff computes it. Keeps x
+        # and the mask for the backward pass: only when the rate itself is differentiated.
+        _, by_rate = jax.jvp(lambda rr: _apply(x, mask, rr), (rate,), (rate_dot,))
+        y_dot = by_rate if y_dot is None else y_dot + by_rate
+    return y, jnp.zeros_like(y) if y_dot is None else y_dot
+
+
+_dropout_regen.defjvp(_dropout_regen_jvp, symbolic_zeros=True)
+
+
 def _dropout_regen_fwd(static, x, key, rate):
+    """The forward half shared with :func:`dropout_then`'s custom_vjp."""
     r = _rate_of(static, rate)
     mask, kept = _forward_mask(static, x, key, r)
     return _apply(x, mask, r), (kept, rate)
 
 
-def _dropout_regen_bwd(static, res, g):
-    kept, rate = res
-    # Separate barriers: one barrier over the tuple ``(kept, g)`` makes GSPMD gather ``g``
-    # under sharding. What keeps the regeneration apart from the forward draw on every backend
-    # is the elementwise tie to ``g`` (see _zeros_tied_to).
-    kept = jax.lax.optimization_barrier(kept)
-    g = jax.lax.optimization_barrier(g)
-    r = _rate_of(static, rate)
-    dx = _apply(g, _backward_mask(static, kept, r, tie=g), r)
-    return dx, None, _rate_cotangent(rate)
+def check_rate(rate: Any, where: str) -> float | jax.Array:
+    """A dropout rate: a Python number in [0, 1] (returned as a float), or a floating JAX/NumPy
+    array whose concrete values are in [0, 1] (a traced one is checked at run time: NaN output,
+    see the module docstring)."""
+    if isinstance(rate, bool | np.bool_):
+        raise TypeError(f"{where}: rate must be a number in [0, 1], got the bool {rate}.")
+    if isinstance(rate, int | float | np.floating | np.integer):
+        rate = float(rate)
+        if not 0.0 <= rate <= 1.0:  # also refuses NaN
+            raise ValueError(
+                f"{where}: rate must be in [0, 1] (the probability of dropping), got {rate}."
+            )
+        return rate
+    if hasattr(rate, "dtype") and hasattr(rate, "shape"):
+        if not jnp.issubdtype(rate.dtype, jnp.floating):
+            raise TypeError(f"{where}: rate must be a floating array, got dtype {rate.dtype}.")
+        if not isinstance(rate, jax.core.Tracer):
+            values = np.asarray(rate)
+            if values.size and not ((values >= 0) & (values <= 1)).all():
+                raise ValueError(
+                    f"{where}: every rate must be in [0, 1] (the probability of dropping), got "
+                    f"{np.nanmin(values) if not np.isnan(values).all() else 'nan'} .. "
+                    f"{np.nanmax(values) if not np.isnan(values).all() else 'nan'}"
+                    f"{' and NaN' if np.isnan(values).any() else ''}."
+                )
+        return rate
+    raise TypeError(f"{where}: rate must be a float or a JAX array, got {type(rate).__name__}.")
 
 
-_dropout_regen.defvjp(_dropout_regen_fwd, _dropout_regen_bwd)
+def _check_input(x: Any, where: str) -> jax.Array:
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        x = jnp.asarray(x)
+        dtype = x.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{where}: x must be a floating-point array (f32, bf16, f16, f64), got {dtype}. "
+            "Cast it with .astype(jnp.float32) first."
+        )
+    return jnp.asarray(x)
 
 
-def _prepare(x, rate, key, broadcast_dims, regenerate_mask):
+def _prepare(x, rate, key, broadcast_dims, regenerate_mask, where):
     key = _as_key(key)
-    mask_shape = _mask_shape(tuple(x.shape), broadcast_dims)
+    dims = normalize_broadcast_dims(broadcast_dims, x.ndim, where)
+    mask_shape = _mask_shape(tuple(x.shape), dims)
     regen = _REGENERATE_MASK if regenerate_mask is None else bool(regenerate_mask)
     if _is_static(rate):
         rate = float(rate)
@@ -401,7 +570,7 @@ def _prepare(x, rate, key, broadcast_dims, regenerate_mask):
         static_rate, traced_rate = None, jnp.asarray(rate, jnp.float32)
         if traced_rate.shape != ():
             raise ValueError(
-                f"stoax.random.dropout: rate must be a scalar, got shape {traced_rate.shape}. "
+                f"{where}: rate must be a scalar, got shape {traced_rate.shape}. "
                 "For one rate per example, jax.vmap over the rates."
             )
     static = (static_rate, str(jax.random.key_impl(key)), mask_shape)
@@ -420,14 +589,17 @@ def dropout(
 
     The mask is ``keep_mask(key, mask_shape, rate)``: ``jax.random.bits(key, mask_shape,
     uint32) >= round(rate * 2**32)``, exact to ``2**-32``. ``broadcast_dims`` share one mask value
-    along those axes (linen's ``broadcast_dims``). The dtype of ``x`` is kept; ``rate == 1``
-    gives zeros (no NaN). ``rate`` is a Python float (static) or a scalar JAX array (traced).
+    along those axes (linen's ``broadcast_dims``; a tuple of axes, or one int). The dtype of ``x``
+    is kept; ``rate == 1`` gives zeros (no NaN). ``rate`` is a Python float in [0, 1] (static) or
+    a scalar JAX array (traced; outside [0, 1] or NaN gives a NaN output). ``x`` must be a
+    floating-point array.
 
     ``regenerate_mask`` (default: :func:`get_regenerate_mask`, ``True``): the backward pass keeps
     only the key and regenerates the mask (a ``jax.custom_vjp``; for rbg/unsafe_rbg keys it keeps
     the mask packed to 1 bit per element instead); the values of the output and
-    of the gradient are bitwise those of plain autodiff. To keep the *output* out of memory too
-    when the next op is a matmul, use :func:`dropout_then`.
+    of the gradient are bitwise those of plain autodiff (with respect to ``x``; with respect to a
+    traced rate, the same math). Forward mode (``jax.jvp``, ``jax.jacfwd``) works either way. To
+    keep the *output* out of memory too when the next op is a matmul, use :func:`dropout_then`.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -435,11 +607,14 @@ def dropout(
         >>> sorted(set(y.tolist()))
         [0.0, 2.0]
     """
-    x = jnp.asarray(x)
-    if _is_static(rate) and float(rate) == 0.0:
+    where = "stoax.random.dropout"
+    x = _check_input(x, where)
+    rate = check_rate(rate, where)
+    if _is_static(rate) and rate == 0.0:
+        check_broadcast_dims(broadcast_dims, where)
         return x
-    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask)
-    if _is_static(rate) and float(rate) >= 1.0:
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask, where)
+    if _is_static(rate) and rate >= 1.0:
         return jnp.zeros_like(x)
     return _dropout_core(static, regen, x, key, traced_rate)
 
@@ -478,7 +653,8 @@ def _dropout_then_bwd(fn, static, res, g):
     dropped = _apply(x, mask, r)
     _, vjp = jax.vjp(fn, dropped, *operands)
     d_dropped, *d_operands = vjp(g)
-    return _apply(d_dropped, mask, r), None, _rate_cotangent(rate), tuple(d_operands)
+    d_rate = _rate_cotangent(static, x, mask, rate, d_dropped)
+    return _apply(d_dropped, mask, r), None, d_rate, tuple(d_operands)
 
 
 _dropout_then_regen.defvjp(_dropout_then_fwd, _dropout_then_bwd)
@@ -497,7 +673,8 @@ def dropout_then(
 
     With ``regenerate_mask`` (the default) the backward pass keeps ``x``, ``operands`` and the
     key -- not the mask (for rbg/unsafe_rbg keys: the mask packed to 1 bit per element), and not
-    the dropped ``x`` -- and rebuilds the dropped input from them.
+    the dropped ``x`` -- and rebuilds the dropped input from them. Reverse mode only (a
+    ``jax.custom_vjp``): for ``jax.jvp``/``jax.jacfwd`` pass ``regenerate_mask=False``.
     When ``x`` is stored anyway (a softmax output, an activation the previous layer needs), the
     dropout costs no memory at all. ``fn`` is differentiated with ``jax.vjp`` in the backward
     pass: for a linear ``fn`` (matmul, einsum) XLA drops the unused primal recomputation. ``fn``
@@ -511,13 +688,26 @@ def dropout_then(
         >>> out.shape
         (2, 4, 8)
     """
-    x = jnp.asarray(x)
-    if _is_static(rate) and float(rate) == 0.0:
+    where = "stoax.random.dropout_then"
+    x = _check_input(x, where)
+    rate = check_rate(rate, where)
+    if _is_static(rate) and rate == 0.0:
+        check_broadcast_dims(broadcast_dims, where)
         return fn(x, *operands)
-    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask)
-    if _is_static(rate) and float(rate) >= 1.0:
+    key, static, traced_rate, regen = _prepare(x, rate, key, broadcast_dims, regenerate_mask, where)
+    if _is_static(rate) and rate >= 1.0:
         return fn(jnp.zeros_like(x), *operands)
-    return _dropout_then_core(fn, static, regen, x, key, traced_rate, tuple(operands))
+    try:
+        return _dropout_then_core(fn, static, regen, x, key, traced_rate, tuple(operands))
+    except TypeError as error:
+        if "forward-mode" not in str(error) or "custom_vjp" not in str(error):
+            raise
+        raise TypeError(
+            f"{where}: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian) is not "
+            "supported with regenerate_mask=True, whose lean backward pass is a jax.custom_vjp. "
+            "Pass regenerate_mask=False, or call stoax.random.set_regenerate_mask(False) before "
+            "tracing (a Dropout layer's .then and attention dropout use this function)."
+        ) from None
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2), inline=True)

@@ -12,7 +12,7 @@ import numpy as np
 
 from stoax import keys
 from stoax._errors import locate_layer_errors
-from stoax._module import Module, field
+from stoax._module import Module, field, thaw
 from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
@@ -83,7 +83,7 @@ class Ensemble(Module):
         cls, make: Callable[[jax.Array], Module], k: int, *, key: jax.Array, in_axes: InAxes = None
     ) -> Ensemble:
         """``k`` members built by ``make(key)`` under ``jax.vmap``; member ``m`` is initialised
-        with ``stoax.keys.child(key, m)``."""
+        with ``stoax.keys.init_child(key, m)``."""
         block, stacked = build_copies(make, k, key, "Ensemble.build")
         return cls(block, size=k, in_axes=in_axes, stacked=stacked)
 
@@ -119,9 +119,36 @@ class Ensemble(Module):
         def member(m: jax.Array, leaves: list[Any], x: Any) -> Any:
             return parts.rebuild(leaves)(x, key=keys.child(key, m), **kwargs)
 
-        return jax.vmap(member, in_axes=(0, 0, self.in_axes))(
-            jnp.arange(self.size), parts.stacked, x
-        )
+        in_axes = thaw(self.in_axes)
+        self._check_input(x, in_axes)
+        return jax.vmap(member, in_axes=(0, 0, in_axes))(jnp.arange(self.size), parts.stacked, x)
+
+    def _check_input(self, x: Any, in_axes: Any) -> None:
+        """Every axis of ``x`` mapped by ``in_axes`` must have one slice per member."""
+        if in_axes is None:
+            return
+        bad: list[str] = []
+
+        def check(prefix: Any, axis: Any, sub: Any) -> None:
+            if axis is None:
+                return
+            for path, leaf in jax.tree_util.tree_flatten_with_path(sub)[0]:
+                shape = jnp.shape(leaf)
+                if not -len(shape) <= axis < len(shape) or shape[axis] != self.size:
+                    where = jax.tree_util.keystr((*prefix, *path))
+                    bad.append(f"x{where} of shape {tuple(shape)} (axis {axis})")
+
+        try:
+            jax.tree_util.tree_map_with_path(check, in_axes, x, is_leaf=lambda a: a is None)
+        except (ValueError, TypeError):
+            return  # in_axes is not a prefix of x: jax.vmap says so
+        if bad:
+            raise ValueError(
+                f"Ensemble of {self.size} members with in_axes={self.in_axes!r}: each mapped "
+                f"axis of the input holds one slice per member, so it must have size "
+                f"{self.size}; got {', '.join(bad)}. Pass in_axes=None to give every member "
+                "the same input."
+            )
 
     @locate_layer_errors
     def apply(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> tuple[Any, Ensemble]:
@@ -136,7 +163,9 @@ class Ensemble(Module):
             y, new = apply(parts.rebuild(leaves), x, key=keys.child(key, m), **kwargs)
             return y, parts.stacked_of(new, "Ensemble")
 
-        y, stacked = jax.vmap(member, in_axes=(0, 0, self.in_axes))(
+        in_axes = thaw(self.in_axes)
+        self._check_input(x, in_axes)
+        y, stacked = jax.vmap(member, in_axes=(0, 0, in_axes))(
             jnp.arange(self.size), parts.stacked, x
         )
         return y, self.replace(members=parts.rebuild(stacked))

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from stoax import keys
 from stoax._edit import map_modules
 from stoax._mode import _has_training_field, check_training_flag, set_mode
+from stoax.transforms._stacked import check_remat
 
 __all__ = ["scan"]
 
@@ -79,7 +80,15 @@ def scan(
         f = _set_training(f, training)
     if xs is None and length is None:
         raise ValueError("stoax.scan: pass xs, or length= when there are no xs (as lax.scan).")
+    remat = check_remat(remat, "stoax.scan")
     if length is None:
+        for path, x in jax.tree_util.tree_flatten_with_path(xs)[0]:
+            if jnp.ndim(x) == 0:
+                raise ValueError(
+                    f"stoax.scan: every leaf of xs is scanned over its leading (time) axis, but "
+                    f"xs{jax.tree_util.keystr(path)} is a scalar ({x!r}). Close over values "
+                    "that every step shares instead of passing them in xs."
+                )
         sizes = {jnp.shape(x)[0] for x in jax.tree.leaves(xs)}
         if len(sizes) != 1:
             raise ValueError(

@@ -20,6 +20,8 @@ from stoax._module import Module, field
 from stoax._state import apply, updates_state
 from stoax.transforms._stacked import (
     build_copies,
+    check_remat,
+    check_unroll,
     copy_repr,
     infer_length,
     leaf_paths,
@@ -39,7 +41,7 @@ class Stack(Module):
     would give it -- so a stack is bitwise the loop ``for i, layer in enumerate(stack)``.
 
     Build one with :meth:`build` (a vmapped constructor: layer ``i`` is initialised with
-    ``stoax.keys.child(key, i)``) or :meth:`from_layers` (existing blocks of one structure).
+    ``stoax.keys.init_child(key, i)``) or :meth:`from_layers` (existing blocks of one structure).
     ``stack[i]`` is layer ``i`` as a plain block; ``len(stack)`` is ``n``.
 
     Which arrays carry the layer axis is recorded when the stack is built. Arrays that appear
@@ -91,7 +93,17 @@ class Stack(Module):
         )
         self.remat = remat
         self.unroll = unroll
-        split(layers, self.stacked, self.length, "Stack")  # check every leading axis now
+
+    def __check_init__(self) -> None:
+        if not isinstance(self.layers, Module):
+            raise TypeError(
+                f"Stack: layers must be a stoax.Module (one block whose arrays have the leading "
+                f"layer axis), got {type(self.layers).__name__}. Use Stack.build or "
+                "Stack.from_layers."
+            )
+        self.remat = check_remat(self.remat, "Stack")
+        self.unroll = check_unroll(self.unroll, "Stack")
+        split(self.layers, self.stacked, self.length, "Stack")  # check every leading axis now
 
     @classmethod
     def build(
@@ -104,7 +116,7 @@ class Stack(Module):
         unroll: int | bool = 1,
     ) -> Stack:
         """``n`` layers built by ``make(key)`` under ``jax.vmap``; layer ``i`` gets the init key
-        ``stoax.keys.child(key, i)``. ``make`` runs once (traced), so it must not branch on its
+        ``stoax.keys.init_child(key, i)``. ``make`` runs once (traced), so it must not branch on its
         key; static choices are shared by all layers."""
         block, stacked = build_copies(make, n, key, "Stack.build")
         return cls(block, length=n, remat=remat, unroll=unroll, stacked=stacked)

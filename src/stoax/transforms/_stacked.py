@@ -21,7 +21,16 @@ import numpy as np
 from stoax import keys
 from stoax._module import Module, is_module
 
-__all__ = ["leaf_paths", "Split", "split", "build_copies", "stack_copies", "copy_repr"]
+__all__ = [
+    "leaf_paths",
+    "Split",
+    "split",
+    "build_copies",
+    "stack_copies",
+    "copy_repr",
+    "check_remat",
+    "check_unroll",
+]
 
 
 def leaf_paths(block: Any) -> frozenset[str]:
@@ -73,6 +82,29 @@ class Split:
         return self.rebuild([x[i] for x in self.stacked])
 
 
+def check_remat(remat: Any, where: str) -> bool | Callable[..., bool]:
+    """``remat`` is ``False``, ``True`` or a ``jax.checkpoint`` policy (a callable)."""
+    if isinstance(remat, bool | np.bool_):
+        return bool(remat)
+    if callable(remat):
+        return remat
+    raise TypeError(
+        f"{where}: remat must be True, False or a jax.checkpoint policy such as "
+        f"jax.checkpoint_policies.dots_with_no_batch_dims_saveable, got {remat!r}."
+    )
+
+
+def check_unroll(unroll: Any, where: str) -> int | bool:
+    """``unroll`` as ``lax.scan`` takes it: a bool, or an int >= 1."""
+    if isinstance(unroll, bool | np.bool_):
+        return bool(unroll)
+    if isinstance(unroll, int | np.integer) and unroll >= 1:
+        return int(unroll)
+    raise TypeError(
+        f"{where}: unroll must be a bool or an int >= 1 (as in lax.scan), got {unroll!r}."
+    )
+
+
 def split(block: Any, stacked: frozenset[str], length: int, where: str) -> Split:
     return Split(block, stacked, length, where)
 
@@ -80,14 +112,15 @@ def split(block: Any, stacked: frozenset[str], length: int, where: str) -> Split
 def build_copies(
     make: Callable[[jax.Array], Any], n: int, key: jax.Array, where: str
 ) -> tuple[Any, frozenset[str]]:
-    """``n`` copies made by ``make`` under ``jax.vmap``; copy ``i`` gets ``keys.child(key, i)``,
-    so copy ``i`` is bitwise the block ``make(keys.child(key, i))`` a Python loop would build."""
+    """``n`` copies made by ``make`` under ``jax.vmap``; copy ``i`` gets
+    ``keys.init_child(key, i)``, so copy ``i`` is bitwise the block
+    ``make(keys.init_child(key, i))`` a Python loop would build."""
     if not isinstance(n, int | np.integer) or isinstance(n, bool) or n < 1:
         raise ValueError(f"{where}: the number of copies must be a positive int, got {n!r}.")
     key = keys.as_key(key, where)
 
     def make_one(i: jax.Array) -> Any:
-        block = make(keys.child(key, i))
+        block = make(keys.init_child(key, i))
         if not is_module(block):
             raise TypeError(
                 f"{where}: make(key) must return a stoax.Module, got {type(block).__name__}."
