@@ -160,12 +160,12 @@ class CharLSTM(stoax.Module):
 
 def make_lstm(vocab_size: int, config: Config, rate: Any, *, key: jax.Array) -> CharLSTM:
     """A :class:`CharLSTM` of ``config.layers`` LSTM layers of ``config.hidden`` units."""
-    k_embed, k_rnn, k_head = stoax.keys.derive(key, "embed", "rnn", "head")
+    k_embed, k_rnn, k_head = stoax.keys.init_derive(key, "embed", "rnn", "head")
     recurrent = 0.0 if config.dropout_mode == "none" else rate
     widths = [config.embed] + [config.hidden] * config.layers
     layers = [
         stoax.nn.RNN(
-            stoax.nn.LSTMCell(widths[i], config.hidden, key=stoax.keys.child(k_rnn, i)),
+            stoax.nn.LSTMCell(widths[i], config.hidden, key=stoax.keys.init_child(k_rnn, i)),
             dropout=rate,
             recurrent_dropout=recurrent,
             output_dropout=rate if i == config.layers - 1 else 0.0,

@@ -34,7 +34,7 @@ def to_images(x: jax.Array) -> jax.Array:
 def make_cnn(rate: float | jax.Array, *, key: jax.Array, width: int = 32) -> stoax.nn.Sequential:
     """8x8x1 -> [conv-BN-ReLU x2, 2x2 max pool, spatial dropout] at ``width`` and ``2 * width``
     channels -> global average pool -> dropout -> 10 logits. ``rate`` is every dropout's rate."""
-    k = stoax.keys.derive(key, "conv1", "conv2", "conv3", "conv4", "head")
+    k = stoax.keys.init_derive(key, "conv1", "conv2", "conv3", "conv4", "head")
     w1, w2 = width, 2 * width
 
     def conv_bn(cin: int, cout: int, ck: jax.Array) -> list:

@@ -42,7 +42,7 @@ def _recurrent_init(
 ) -> jax.Array:
     """``gates`` square blocks ``(hidden, hidden)``, each drawn by ``init`` on its own key (Flax
     draws each gate's recurrent kernel separately: an orthogonal matrix per gate)."""
-    blocks = [init(keys.child(key, g), (hidden, hidden), dtype) for g in range(gates)]
+    blocks = [init(keys.init_child(key, g), (hidden, hidden), dtype) for g in range(gates)]
     return jnp.concatenate(blocks, axis=-1)
 
 
@@ -67,13 +67,13 @@ class _Cell(Module):
         name = type(self).__name__
         in_features = positive_int(in_features, name, "in_features")
         hidden_features = positive_int(hidden_features, name, "hidden_features")
-        k_in, k_rec, k_bias = keys.derive(
+        k_in, k_rec, k_bias = keys.init_derive(
             keys.as_key(key, name), "input_kernel", "recurrent_kernel", "bias"
         )
         # Drawn per gate so that each gate's input kernel has the peers' statistics too.
         self.input_kernel = jnp.concatenate(
             [
-                kernel_init(keys.child(k_in, g), (in_features, hidden_features), dtype)
+                kernel_init(keys.init_child(k_in, g), (in_features, hidden_features), dtype)
                 for g in range(gates)
             ],
             axis=-1,
@@ -255,7 +255,7 @@ class GRUCell(_Cell):
             recurrent_kernel_init,
             bias_init,
         )
-        k_bias = keys.child(keys.as_key(key, "GRUCell"), "recurrent_bias")
+        k_bias = keys.init_child(keys.as_key(key, "GRUCell"), "recurrent_bias")
         self.recurrent_bias = bias_init(k_bias, (self.hidden_features,), dtype)
         self.gate_fn = gate_fn
         self.activation = activation
