@@ -31,6 +31,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import ipaddress
@@ -88,9 +89,9 @@ def initialize(
     Arguments left ``None`` are read from ``STOAX_COORDINATOR_ADDRESS``, ``STOAX_NUM_PROCESSES``
     and ``STOAX_PROCESS_ID``. With no coordinator address at all, this is a single-process run:
     nothing is done and ``0`` is returned, so one script serves 1 process and N. (On a cluster
-    whose scheduler JAX detects by itself -- SLURM, Open MPI -- call ``jax.distributed.initialize()``
-    instead, or pass its values here.) Call it first, before any JAX computation; a second call
-    in a process already joined returns its index.
+    whose scheduler JAX detects by itself -- SLURM, Open MPI -- call
+    ``jax.distributed.initialize()`` instead, or pass its values here.) Call it first, before
+    any JAX computation; a second call in a process already joined returns its index.
 
     On CPU, JAX's gloo collectives are selected (``jax_cpu_collectives_implementation``): without
     them a CPU step over devices of several processes cannot run. A loopback coordinator address
@@ -347,10 +348,8 @@ def _wait(procs: list[subprocess.Popen], *, timeout: float, grace: float) -> tup
 
 def _kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the process group of ``proc`` (it leads its own session), children included."""
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
     if proc.poll() is None:
         proc.kill()
     proc.wait()

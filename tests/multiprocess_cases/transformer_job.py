@@ -131,7 +131,7 @@ def equivalence():
             mesh, P("data", None, "model" if "model" in mesh.axis_names else None)
         )
         h = jax.device_put(np.ones((BATCH, LENGTH, 16), np.float32), act_s)
-        mask = jax.jit(lambda k, h: drop(h, key=k) != 0, out_shardings=act_s)(key, h)
+        mask = jax.jit(lambda k, h, drop=drop: drop(h, key=k) != 0, out_shardings=act_s)(key, h)
         mask = np.asarray(jax.jit(lambda m: m, out_shardings=repl)(mask))  # gathered: no arithmetic
 
         # The collectives of the example's own compiled training step, dropout on and off.

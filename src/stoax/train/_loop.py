@@ -86,10 +86,10 @@ def fit(
     Sharded and multi-process runs: place ``state`` on a mesh first (``jax.device_put(state,
     stoax.sharding.shardings(state, mesh, rules))``) and pass ``batch_sharding`` (typically
     ``NamedSharding(mesh, P("data"))``). Every process derives the same global batch from
-    ``(seed, epoch)`` and feeds only its devices' rows of it (:func:`stoax.distributed.shard_batch`),
-    so a run on N processes trains on exactly the batches, keys and masks of one process;
-    evaluation batches are placed replicated on the mesh. A run with several processes needs
-    ``batch_sharding``.
+    ``(seed, epoch)`` and feeds only its devices' rows of it
+    (:func:`stoax.distributed.shard_batch`), so a run on N processes trains on exactly the
+    batches, keys and masks of one process; evaluation batches are placed replicated on the
+    mesh. A run with several processes needs ``batch_sharding``.
 
     Example:
         >>> import jax, numpy as np, optax, stoax
