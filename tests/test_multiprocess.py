@@ -150,6 +150,7 @@ def test_run_saved_on_1_process_resumes_on_2_bitwise(single, two):
     for run in two:
         resumed = run["resume-from-other"]
         assert resumed["restored_step"] == 2 and resumed["meta_epoch"] == 1
+        assert resumed["meta_has_eval"]  # fit's record, evaluation included, as metadata
         assert resumed["format"] == "orbax"  # detected from the folder
         assert resumed["final"] == single["reference"]["final"]
 
@@ -166,6 +167,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(workdir, singl
     assert single_again["saving_when_killed"]  # it died while the save was being written
     after = run_single(workdir, "after-kill")["after-kill"]
     assert after["steps"] == [1], after  # the cut-short step 2 is not a checkpoint
+    assert any(name.startswith("2.") for name in after["left"]), after  # its unfinished folder
     assert after["restored_equal"] and after["key_impl"] == "rbg", after  # typed key, its impl
 
 

@@ -183,6 +183,7 @@ def fit_to(state, mesh, epochs, ckpts=None):
         epochs=epochs,
         batch_size=BATCH,
         progress=False,
+        eval_data={"probe": make_data(4)},  # evaluation batches, replicated on the mesh
         on_epoch_end=save,
         batch_sharding=NamedSharding(mesh, P("data")),
     )
@@ -216,6 +217,7 @@ def resume_from_other(workdir):
         "restored_step": int(state.step),
         "format": fmt,
         "meta_epoch": meta.get("epoch"),
+        "meta_has_eval": "probe_loss" in meta,
         "final": digest(fit_to(state, mesh, EPOCHS)),
     }
 
