@@ -197,8 +197,8 @@ def shard_batch(batch: T, sharding: jax.sharding.Sharding) -> T:
         >>> from jax.sharding import NamedSharding, PartitionSpec as P
         >>> mesh = jax.make_mesh((1,), ("data",))
         >>> x = stoax.distributed.shard_batch(np.arange(4.0), NamedSharding(mesh, P("data")))
-        >>> x.shape, x.sharding.spec
-        ((4,), PartitionSpec('data',))
+        >>> x.shape, x.sharding.spec == P("data")
+        ((4,), True)
     """
 
     def place(x: Any) -> jax.Array:

@@ -103,7 +103,7 @@ class Checkpoints:
         >>> ckpts.format
         'safetensors'
         >>> for step in (1, 2, 3):
-        ...     ckpts.save(state.replace(step=state.step + step))
+        ...     _ = ckpts.save(state.replace(step=state.step + step))
         >>> ckpts.steps()
         [2, 3]
         >>> restored, metadata = ckpts.restore(state)
