@@ -34,6 +34,8 @@ TIMEOUT = 900  # seconds per job: a bound, far above the ~1 min a job takes on 2
 def _gloo_missing() -> str | None:
     import jax
 
+    if os.name != "posix":
+        return "the launcher kills process groups (POSIX only)"
     if not hasattr(jax.config, "jax_cpu_collectives_implementation"):
         return "this JAX build has no jax_cpu_collectives_implementation (no CPU collectives)"
     return None
@@ -88,23 +90,54 @@ def run_many(workdir: Path, processes: int, *phases: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("multiprocess")
+def workdir(tmp_path_factory, request) -> Path:
+    """One folder per test session. Under pytest-xdist the workers share it (the session's base
+    temporary folder), and each job runs once: see ``_once``."""
+    if not hasattr(request.config, "workerinput"):
+        return tmp_path_factory.mktemp("multiprocess")
+    shared = tmp_path_factory.getbasetemp().parent / "multiprocess"
+    shared.mkdir(exist_ok=True)
+    return shared
+
+
+def _once(workdir: Path, name: str, compute):
+    """``compute()``'s result, computed by the first worker that asks and read by the others
+    (they wait on a lock): a job is too expensive to run once per xdist worker."""
+    import fcntl
+
+    result_file = workdir / f"{name}.json"
+    with open(workdir / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if result_file.exists():
+            return json.loads(result_file.read_text())
+        result = compute()
+        result_file.write_text(json.dumps(result))
+        return result
 
 
 @pytest.fixture(scope="module")
 def single(workdir) -> dict:
-    return run_single(workdir, "equivalence", "reference", "save-half")
+    return _once(
+        workdir, "single", lambda: run_single(workdir, "equivalence", "reference", "save-half")
+    )
 
 
 @pytest.fixture(scope="module")
 def two(workdir, single) -> list[dict]:
-    return run_many(workdir, 2, "equivalence", "resume-from-other", "save-half")
+    return _once(
+        workdir,
+        "two",
+        lambda: run_many(workdir, 2, "equivalence", "resume-from-other", "save-half"),
+    )
 
 
 @pytest.fixture(scope="module")
 def single_again(workdir, two) -> dict:
-    return run_single(workdir, "resume-from-other", "kill-mid-save", check=False)
+    return _once(
+        workdir,
+        "single_again",
+        lambda: run_single(workdir, "resume-from-other", "kill-mid-save", check=False),
+    )
 
 
 def test_processes_form_one_global_mesh(single, two):
@@ -160,7 +193,7 @@ def test_run_saved_on_2_processes_resumes_on_1_bitwise(single, two, single_again
 def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(workdir, single_again):
     assert single_again["returncode"] == -9  # SIGKILL, as planned
     assert single_again["saving_when_killed"]  # it died while the save was being written
-    after = run_single(workdir, "after-kill")["after-kill"]
+    after = _once(workdir, "after_kill", lambda: run_single(workdir, "after-kill"))["after-kill"]
     assert after["steps"] == [1], after  # the cut-short step 2 is not a checkpoint
     assert any(name.startswith("2.") for name in after["left"]), after  # its unfinished folder
     assert after["restored_equal"] and after["key_impl"] == "rbg", after  # typed key, its impl
@@ -168,7 +201,7 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint(workdir, singl
 
 @pytest.mark.slow
 def test_masks_losses_and_gradients_are_bitwise_the_same_on_4_processes(workdir, single):
-    four = run_many(workdir, 4, "equivalence")
+    four = _once(workdir, "four", lambda: run_many(workdir, 4, "equivalence"))
     assert [(r["processes"], r["devices"]) for r in four] == [(4, 8)] * 4
     _assert_equivalent(single, four)
     for run in four:
