@@ -127,7 +127,7 @@ def two(workdir, single) -> list[dict]:
     return _once(
         workdir,
         "two",
-        lambda: run_many(workdir, 2, "equivalence", "resume-from-other", "save-half"),
+        lambda: run_many(workdir, 2, "equivalence", "resume-from-other", "save-half", "sockets"),
     )
 
 
@@ -143,6 +143,14 @@ def single_again(workdir, two) -> dict:
 def test_processes_form_one_global_mesh(single, two):
     assert (single["processes"], single["devices"]) == (1, 8)
     assert [(r["processes"], r["devices"]) for r in two] == [(2, 8), (2, 8)]
+
+
+def test_the_job_contacts_nothing_but_loopback(two):
+    # every TCP socket of both processes (coordinator service, its clients, gloo's pairs) is
+    # bound and connected on loopback; sockets were really found (the check is not blind)
+    for run in two:
+        assert run["sockets"]["tcp_sockets"] >= 2, run["sockets"]
+        assert run["sockets"]["not_loopback"] == [], run["sockets"]
 
 
 def _assert_equivalent(reference: dict, runs: list[dict]) -> None:

@@ -257,7 +257,43 @@ def after_kill(workdir):
     }
 
 
+def _is_loopback(hex_address):
+    host = hex_address.split(":")[0]
+    if len(host) == 8:  # IPv4, little-endian: 127.x.x.x
+        return int(host[6:8], 16) == 127
+    if host == "00000000000000000000000001000000":  # ::1
+        return True
+    return host.startswith("0000000000000000FFFF0000") and int(host[30:32], 16) == 127
+
+
+def sockets(workdir):
+    """This process's TCP sockets (listening and connected) whose local or remote address is
+    not loopback, from /proc: the coordinator, its clients and the gloo collectives."""
+    inodes = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found, outside = 0, []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if inode not in inodes:
+                continue
+            found += 1
+            # a listening socket's remote address is all zeros: judge it by its local address
+            listening = fields[3] == "0A"
+            if not _is_loopback(local) or (not listening and not _is_loopback(remote)):
+                outside.append(f"{table}: {local} -> {remote} (state {fields[3]})")
+    return {"tcp_sockets": found, "not_loopback": outside}
+
+
 PHASES = {
+    "sockets": sockets,
     "equivalence": lambda w: equivalence(),
     "reference": reference,
     "save-half": save_half,
