@@ -195,6 +195,9 @@ def test_run_saved_on_2_processes_resumes_on_1_bitwise(single, two, single_again
     assert all(r["save-half"] == {"steps": [2], "format": "orbax"} for r in two)
     resumed = single_again["resume-from-other"]
     assert resumed["restored_step"] == 2 and resumed["format"] == "orbax"
+    # the 2-process checkpoint also restores onto one device and onto a (4, 2) tensor-parallel
+    # mesh (weights really split there), with the same values
+    assert resumed["same_on_other_meshes"] == [True, True] and resumed["tp_sharded_leaves"] > 0
     assert resumed["final"] == single["reference"]["final"]
 
 

@@ -222,11 +222,20 @@ def resume_from_other(workdir):
     with train.Checkpoints(ckpt_dir(workdir, other)) as ckpts:  # format detected: orbax
         state, meta = ckpts.restore(like)
         fmt = ckpts.format
+        # the same checkpoint onto other meshes: one device, and a (4, 2) tensor-parallel mesh
+        plain = train.TrainState.create(make_model(), TX)
+        tp_mesh = mesh_of("dxm")
+        tp = jax.device_put(plain, stoax.sharding.shardings(plain, tp_mesh, example.TP_RULES))
+        on_other_meshes = [ckpts.restore(other_like)[0] for other_like in (plain, tp)]
     return {
         "restored_step": int(state.step),
         "format": fmt,
         "meta_epoch": meta.get("epoch"),
         "meta_has_eval": "probe_loss" in meta,
+        "same_on_other_meshes": [digest(s) == digest(state) for s in on_other_meshes],
+        "tp_sharded_leaves": sum(
+            not leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(on_other_meshes[1])
+        ),
         "final": digest(fit_to(state, mesh, EPOCHS)),
     }
 
