@@ -11,10 +11,12 @@ N processes of 8/N devices (stoax.distributed.launch). Prints one JSON line (eve
 * ``save-half``: ``fit`` for HALF epochs, orbax checkpoint after each epoch, into WORKDIR/ckpt-P
   (P = number of processes).
 * ``resume-from-other``: restore the latest checkpoint written by the *other* process count,
-  finish to EPOCHS epochs (digest).
+  finish to EPOCHS epochs (digest); on 1 process, also restore it onto one device and onto a
+  (4, 2) tensor-parallel mesh.
 * ``kill-mid-save``: save a checkpoint, start an asynchronous save of the next one, and SIGKILL
   this process while it is being written.
 * ``after-kill``: which steps the killed run's folder holds, and the restored step.
+* ``sockets``: this process's TCP sockets that are not on loopback (from /proc).
 
 Training runs data-parallel on a 2-device mesh (one device of each process on 2 processes): a
 batch-mean gradient there is the sum of two partial sums, which is exact whatever order the
