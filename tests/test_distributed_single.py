@@ -76,3 +76,24 @@ def test_fit_refuses_a_batch_sharding_that_is_not_named():
             progress=False,
             batch_sharding=jax.sharding.SingleDeviceSharding(jax.devices()[0]),
         )
+
+
+def test_fit_refuses_a_batch_that_does_not_split_over_the_mesh():
+    # 8 examples per step on a data axis of size 1 split fine; the check reads the mesh's axis
+    # sizes, so fake a 3-device axis with an abstract mesh of the same shape
+    model = stoax.nn.Linear(4, 2, key=jax.random.key(0))
+    tx = optax.sgd(0.1)
+    data = {"x": np.ones((8, 4), np.float32), "y": np.zeros(8, np.int32)}
+    mesh = jax.sharding.AbstractMesh((3,), ("data",))
+    with pytest.raises(ValueError, match="batch_size=4 does not split over the 3 devices"):
+        train.fit(
+            train.TrainState.create(model, tx),
+            tx,
+            train.classification_loss,
+            data,
+            seed=0,
+            epochs=1,
+            batch_size=4,
+            progress=False,
+            batch_sharding=NamedSharding(mesh, P("data")),
+        )

@@ -137,7 +137,7 @@ def fit(
             "batch_sharding= (e.g. NamedSharding(mesh, P('data'))) so that each process feeds "
             "its shard of the global batch."
         )
-    place = _placer(batch_sharding)
+    place = _placer(batch_sharding, batch_size)
     train_step = make_train_step(loss_fn, tx, seed=seed)
     eval_step = make_eval_step(loss_fn)
     history: list[Record] = []
@@ -189,12 +189,21 @@ class _Placer:
         return batch if self.sharding is None else shard_batch(batch, self.replicated)
 
 
-def _placer(sharding: jax.sharding.NamedSharding | None) -> _Placer:
+def _placer(sharding: jax.sharding.NamedSharding | None, batch_size: int) -> _Placer:
     if sharding is not None and not isinstance(sharding, jax.sharding.NamedSharding):
         raise TypeError(
             "stoax.train.fit: batch_sharding must be a jax.sharding.NamedSharding (e.g. "
             f"NamedSharding(mesh, P('data'))), got {type(sharding).__name__}."
         )
+    if sharding is not None and len(sharding.spec) and sharding.spec[0] is not None:
+        names = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+        shards = int(np.prod([sharding.mesh.shape[n] for n in names]))
+        if batch_size % shards:
+            raise ValueError(
+                f"stoax.train.fit: batch_size={batch_size} does not split over the {shards} "
+                f"devices of the mesh axes {names} that batch_sharding splits the batch over. "
+                f"Pass a batch_size that is a multiple of {shards}."
+            )
     return _Placer(sharding)
 
 
