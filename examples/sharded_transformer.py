@@ -4,6 +4,8 @@ added by random-number generation.
 
 Run:  python examples/sharded_transformer.py            (8 simulated CPU devices)
       python examples/sharded_transformer.py --steps 3  (quicker)
+      python -m stoax.distributed -n 2 -d 4 -- python examples/sharded_transformer.py --steps 3
+                          (unchanged, on 2 processes of 4 devices: one global mesh of 8)
 
 Nothing here is stoax-specific JAX: the step is a plain function, parallelism is ``jax.jit`` with
 ``in_shardings`` / ``out_shardings`` on a ``jax.sharding.Mesh``. stoax contributes the model, the
@@ -132,11 +134,15 @@ def collectives(mesh, dropout_on):
 
 
 def main():
+    stoax.distributed.initialize()  # joins a multi-process job if launched as one; else a no-op
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10)
     steps = parser.parse_args().steps
     stoax.sharding.check_partitionable(strict=True)
-    print(f"{len(jax.devices())} devices; jax_threefry_partitionable = True")
+    print(
+        f"{jax.device_count()} devices on {jax.process_count()} process(es); "
+        "jax_threefry_partitionable = True"
+    )
     setups = {
         "1 device": None,
         "(8,) data": mesh_of((8,), ("data",)),

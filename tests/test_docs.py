@@ -222,6 +222,7 @@ API_MODULES = (
     "stoax.transforms",
     "stoax.audit",
     "stoax.sharding",
+    "stoax.distributed",
     "stoax.train",
     "stoax.examples.digits",
     "stoax.interop.linen",

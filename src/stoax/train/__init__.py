@@ -29,12 +29,14 @@ from stoax.train._checkpoint import (
 )
 from stoax.train._data import batches, dataset_size, num_batches
 from stoax.train._loop import evaluate, fit
+from stoax.train._manager import Checkpoints
 from stoax.train._plot import plot_history
 from stoax.train._state import TrainState
 from stoax.train._step import LossFn, classification_loss, make_eval_step, make_train_step
 
 __all__ = [
     "CheckpointError",
+    "Checkpoints",
     "LossFn",
     "TrainState",
     "batches",

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import optax
 
+from stoax.distributed import shard_batch
 from stoax.train._data import batches, check_batch_size, dataset_size, num_batches
 from stoax.train._extras import require
 from stoax.train._state import TrainState
@@ -25,6 +26,7 @@ def evaluate(
     data: Any,
     *,
     batch_size: int = 2048,
+    _place: Callable[[Any], Any] | None = None,
 ) -> Record:
     """Metrics of ``model`` on the whole of ``data``, averaged over examples.
 
@@ -41,7 +43,7 @@ def evaluate(
     sizes, results = [], []
     for batch in batches(data, batch_size):
         sizes.append(len(jax.tree.leaves(batch)[0]))
-        results.append(eval_step(model, batch))
+        results.append(eval_step(model, batch if _place is None else _place(batch)))
     results = jax.device_get(results)  # one transfer, and the sums below run in NumPy
     weights = np.asarray(sizes, np.float64) / sum(sizes)
     return {name: float(np.dot(weights, [r[name] for r in results])) for name in results[0]}
@@ -60,6 +62,7 @@ def fit(
     progress: bool = True,
     description: str = "training",
     on_epoch_end: Callable[[TrainState, Record], None] | None = None,
+    batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[TrainState, list[Record]]:
     """Train ``state`` until ``epochs`` epochs are done; return the final state and one metrics
     record per epoch run.
@@ -79,6 +82,14 @@ def fit(
     ``{name}_{metric}`` for each evaluation set (e.g. ``test_accuracy``). ``on_epoch_end(state,
     record)`` is called after each epoch (save a checkpoint there). ``progress=False`` turns the
     tqdm progress bar off.
+
+    Sharded and multi-process runs: place ``state`` on a mesh first (``jax.device_put(state,
+    stoax.sharding.shardings(state, mesh, rules))``) and pass ``batch_sharding`` (typically
+    ``NamedSharding(mesh, P("data"))``). Every process derives the same global batch from
+    ``(seed, epoch)`` and feeds only its devices' rows of it
+    (:func:`stoax.distributed.shard_batch`), so a run on N processes trains on exactly the
+    batches, keys and masks of one process; evaluation batches are placed replicated on the
+    mesh. A run with several processes needs ``batch_sharding``.
 
     Example:
         >>> import jax, numpy as np, optax, stoax
@@ -120,6 +131,13 @@ def fit(
             f"those already done included, and training cannot be undone: pass epochs >= "
             f"{-(-start // steps_per_epoch)} to continue, or start from a fresh state."
         )
+    if batch_sharding is None and jax.process_count() > 1:
+        raise ValueError(
+            f"stoax.train.fit: this run has {jax.process_count()} processes; pass "
+            "batch_sharding= (e.g. NamedSharding(mesh, P('data'))) so that each process feeds "
+            "its shard of the global batch."
+        )
+    place = _placer(batch_sharding, batch_size)
     train_step = make_train_step(loss_fn, tx, seed=seed)
     eval_step = make_eval_step(loss_fn)
     history: list[Record] = []
@@ -131,7 +149,7 @@ def fit(
             for i, batch in enumerate(epoch_batches):
                 if epoch == first_epoch and i < skip:
                     continue
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, place(batch))
                 step_metrics.append(metrics)
                 bar.update(1)
             record: Record = {"epoch": epoch + 1, "step": int(state.step)}
@@ -140,7 +158,9 @@ def fit(
                 {k: float(np.mean([m[k] for m in step_metrics])) for k in step_metrics[0]}
             )
             for set_name, data in (eval_data or {}).items():
-                for name, value in evaluate(eval_step, state.model, data).items():
+                for name, value in evaluate(
+                    eval_step, state.model, data, _place=place.eval
+                ).items():
                     record[f"{set_name}_{name}"] = value
             history.append(record)
             bar.set_postfix(_postfix(record), refresh=False)
@@ -149,6 +169,42 @@ def fit(
     finally:
         bar.close()
     return state, history
+
+
+class _Placer:
+    """Training batches as global arrays sharded by ``sharding``; evaluation batches (of any
+    size) replicated on its mesh. Without a sharding, batches go to ``jax.jit`` as they are."""
+
+    def __init__(self, sharding: jax.sharding.NamedSharding | None):
+        self.sharding = sharding
+        if sharding is not None:
+            self.replicated = jax.sharding.NamedSharding(
+                sharding.mesh, jax.sharding.PartitionSpec()
+            )
+
+    def __call__(self, batch: Any) -> Any:
+        return batch if self.sharding is None else shard_batch(batch, self.sharding)
+
+    def eval(self, batch: Any) -> Any:
+        return batch if self.sharding is None else shard_batch(batch, self.replicated)
+
+
+def _placer(sharding: jax.sharding.NamedSharding | None, batch_size: int) -> _Placer:
+    if sharding is not None and not isinstance(sharding, jax.sharding.NamedSharding):
+        raise TypeError(
+            "stoax.train.fit: batch_sharding must be a jax.sharding.NamedSharding (e.g. "
+            f"NamedSharding(mesh, P('data'))), got {type(sharding).__name__}."
+        )
+    if sharding is not None and len(sharding.spec) and sharding.spec[0] is not None:
+        names = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
+        shards = int(np.prod([sharding.mesh.shape[n] for n in names]))
+        if batch_size % shards:
+            raise ValueError(
+                f"stoax.train.fit: batch_size={batch_size} does not split over the {shards} "
+                f"devices of the mesh axes {names} that batch_sharding splits the batch over. "
+                f"Pass a batch_size that is a multiple of {shards}."
+            )
+    return _Placer(sharding)
 
 
 def _postfix(record: Record) -> dict[str, str]:
