@@ -1,6 +1,6 @@
 """stoax: neural-network modules for JAX with randomness you can trust."""
 
-from stoax import audit, keys, nn, random, sharding
+from stoax import audit, inference, keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import Module, field, is_array, is_module
@@ -16,6 +16,7 @@ __all__ = [
     "combine",
     "eval_mode",
     "field",
+    "inference",
     "is_array",
     "is_module",
     "keys",

@@ -7,6 +7,7 @@ from stoax.nn._drop_path import DropPath
 from stoax.nn._dropout import Dropout
 from stoax.nn._embedding import Embedding
 from stoax.nn._gaussian_noise import GaussianNoise
+from stoax.nn._kv_cache import KVCache
 from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
@@ -22,6 +23,7 @@ __all__ = [
     "Embedding",
     "Ensemble",
     "GaussianNoise",
+    "KVCache",
     "LayerNorm",
     "Linear",
     "MLP",

@@ -172,6 +172,44 @@ class Stack(Module):
         y, _ = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
         return y
 
+    def decode(
+        self, x: Any, cache: Any, *, key: jax.Array | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        """Apply the layers in order, each with its own cache: layer ``i`` runs
+        ``layer.decode(x, cache_i, key=stoax.keys.child(key, i), **kwargs)`` and returns
+        ``(x, cache_i)``. ``cache`` is a pytree whose arrays carry a leading layer axis (slice
+        ``i`` is layer ``i``'s); the updated caches come back stacked the same way. One
+        ``lax.scan``, as ``__call__``; the same keys, so it is the Python loop over the layers.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, stoax
+            >>> def make(k):
+            ...     return stoax.nn.TransformerBlock(8, 2, dropout=0.0, attention_dropout=0.0,
+            ...                                      causal=True, key=k)
+            >>> stack = stoax.nn.Stack.build(make, 3, key=jax.random.key(0))
+            >>> one = stack[0].attn.init_cache((2,), 6)
+            >>> cache = jax.tree.map(lambda a: jnp.stack([a] * 3), one)
+            >>> y, cache = stack.decode(jnp.ones((2, 4, 8)), cache)
+            >>> y.shape, cache.index.tolist()
+            ((2, 4, 8), [[4, 4], [4, 4], [4, 4]])
+        """
+        parts = split(self.layers, self.stacked, self.length, "Stack")
+        for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != self.length:
+                raise ValueError(
+                    f"Stack.decode: the cache holds one entry per layer, so every array in it "
+                    f"needs a leading axis of size {self.length}; the one at "
+                    f"{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}."
+                )
+
+        def step(carry: Any, xs: tuple[jax.Array, list[Any], Any]) -> tuple[Any, Any]:
+            i, leaves, layer_cache = xs
+            layer = parts.rebuild(leaves)
+            return layer.decode(carry, layer_cache, key=keys.child(key, i), **kwargs)
+
+        index = jnp.arange(self.length)
+        return jax.lax.scan(step, x, (index, parts.stacked, cache), unroll=self.unroll)
+
     def _check_carry(self, parts: Any, x: Any, key: Any, kwargs: dict[str, Any]) -> None:
         """A layer must map x to the same shapes and dtypes: say so before lax.scan does.
         (Abstract evaluation only: nothing is computed.)"""
