@@ -153,7 +153,9 @@ class Sampler(Module):
 
     def __call__(self, logits: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
         if jnp.ndim(logits) < 1:
-            raise ValueError(f"Sampler: logits need a vocabulary axis, got shape {jnp.shape(logits)}.")
+            raise ValueError(
+                f"Sampler: logits need a vocabulary axis, got shape {jnp.shape(logits)}."
+            )
         if self.greedy:
             return jnp.argmax(logits, axis=-1).astype(jnp.int32)
         if key is None:

@@ -270,7 +270,7 @@ class TransformerEncoder(Module):
         ``batch_shape``: one :class:`~stoax.nn.KVCache` per layer, stacked on a leading layer
         axis as the :class:`~stoax.nn.Stack` of blocks scans it."""
         length = self.max_len if length is None else length
-        if isinstance(length, bool) or not isinstance(length, int) or not 1 <= length:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(
                 f"TransformerEncoder.init_cache: length must be a positive int, got {length!r}."
             )
