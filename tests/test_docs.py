@@ -223,6 +223,7 @@ API_MODULES = (
     "stoax.audit",
     "stoax.sharding",
     "stoax.train",
+    "stoax.inference",
     "stoax.examples.digits",
 )
 

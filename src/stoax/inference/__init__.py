@@ -14,7 +14,7 @@ Example:
 """
 
 from stoax.inference._generate import DecodeState, Generation, example_keys, generate
-from stoax.inference._mc_dropout import MCPrediction, mc_predict, mc_samples
+from stoax.inference._mc_dropout import STOCHASTIC_LAYERS, MCPrediction, mc_predict, mc_samples
 from stoax.inference._sampling import (
     Sampler,
     apply_temperature,
@@ -27,6 +27,7 @@ __all__ = [
     "DecodeState",
     "Generation",
     "MCPrediction",
+    "STOCHASTIC_LAYERS",
     "Sampler",
     "apply_temperature",
     "categorical",

@@ -17,8 +17,9 @@ from stoax.nn._gaussian_noise import GaussianNoise
 
 __all__ = ["MCPrediction", "mc_samples", "mc_predict", "STOCHASTIC_LAYERS"]
 
-# The layers MC dropout switches on; every other layer (BatchNorm, ...) stays as the model has it.
 STOCHASTIC_LAYERS: tuple[type, ...] = (Dropout, DropPath, GaussianNoise)
+"""The layers MC dropout switches to training mode (the default of ``layers=``); every other
+layer (a ``BatchNorm``, ...) keeps the mode the model has."""
 
 
 def _stochastic(model: Any, layers: tuple[type, ...]) -> Any:
