@@ -192,6 +192,11 @@ def test_errors_say_what_to_do(lm):
     assert np.isfinite(y[0, :2]).all() and np.isnan(y[0, 2]).all()
 
 
+def test_a_model_in_training_mode_is_refused_with_the_fix(lm):
+    with pytest.raises(ValueError, match=r"eval_mode\(model\)"):
+        generate(stoax.train_mode(lm), prompts(1), key=jax.random.key(0), max_new_tokens=N)
+
+
 def test_audit_finds_nothing_in_generate(lm):
     def sample(lm, prompt, key):
         return generate(lm, prompt, key=key, max_new_tokens=8, sampler=SAMPLER, end_token=0)

@@ -12,6 +12,7 @@ import numpy as np
 from stoax import keys
 from stoax._module import Module, is_module
 from stoax.inference._sampling import Sampler
+from stoax.nn._checks import MissingKeyError
 
 __all__ = ["DecodeState", "Generation", "generate", "example_keys"]
 
@@ -120,6 +121,9 @@ def generate(
         pad_token: written after an example's end token.
         prompt_lengths: ``(batch,)`` the real length of each prompt (default: all of it).
         cache_len: positions the cache holds (default: prompt length + ``max_new_tokens``).
+            Fix it (e.g. to the model's ``max_len``) when prompts of several lengths share
+            batches: the sums over cached positions then have one length, and an example's
+            logits do not even change by rounding with its neighbours' prompt lengths.
         use_cache: ``None`` (use the cache protocol when the model has it), ``True``, ``False``.
 
     Example:
@@ -138,22 +142,28 @@ def generate(
     if not callable(sampler):
         raise TypeError(f"generate: sampler must be a Sampler, got {type(sampler).__name__}.")
     n_new = _count(max_new_tokens, "max_new_tokens")
-    if isinstance(prompt, DecodeState):
-        if prompt_lengths is not None or cache_len is not None or use_cache is not None:
-            raise ValueError(
-                "generate: continuing from a DecodeState keeps its cache; prompt_lengths, "
-                "cache_len and use_cache apply to a new prompt only."
-            )
-        state = prompt
-    else:
-        state = _start(model, prompt, n_new, prompt_lengths, cache_len, use_cache)
-    batch = state.positions.shape[0]
-    _check_room(state, n_new)
-    ex_keys = _example_keys(key, batch, sampler)
     if end_token is not None:
         end_token = _count(end_token, "end_token", minimum=0)
     pad_token = _count(pad_token, "pad_token", minimum=0)
-    return _run(model, state, ex_keys, sampler, n_new, end_token, pad_token)
+    try:
+        if isinstance(prompt, DecodeState):
+            if prompt_lengths is not None or cache_len is not None or use_cache is not None:
+                raise ValueError(
+                    "generate: continuing from a DecodeState keeps its cache; prompt_lengths, "
+                    "cache_len and use_cache apply to a new prompt only."
+                )
+            state = prompt
+        else:
+            state = _start(model, prompt, n_new, prompt_lengths, cache_len, use_cache)
+        _check_room(state, n_new)
+        ex_keys = _example_keys(key, state.positions.shape[0], sampler)
+        return _run(model, state, ex_keys, sampler, n_new, end_token, pad_token)
+    except MissingKeyError as error:
+        where = f"{type(error.root).__name__}{error.path}"
+        raise ValueError(
+            f"generate: the model's {where} is in training mode, and generate runs the model "
+            "without a key. Pass stoax.eval_mode(model)."
+        ) from error
 
 
 def _count(value: Any, name: str, minimum: int = 1) -> int:
