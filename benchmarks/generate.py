@@ -7,9 +7,12 @@ The model: a pre-norm causal Transformer LM, 4 layers, d_model 128, 4 heads, MLP
 draw at temperature 0.8.
 
 - stoax cached: ``stoax.inference.generate`` on ``stoax.nn.TransformerEncoder`` -- the prompt
-  in one ``decode`` call (prefill), then one token per step of a ``lax.while_loop``, the layers
-  in one ``lax.scan`` (``Stack.decode``) with their per-layer caches; per-example keys.
-- stoax cached, unrolled: the same with ``TransformerEncoder(unroll=True)``.
+  in one ``decode`` call (prefill), then one token per step of a ``lax.while_loop``; the layers
+  one after the other (``Stack.decode`` on the encoder's tuple of per-layer caches, written in
+  place); per-example keys.
+- stoax cached, stacked caches: the same model with its caches stacked on a layer axis, so
+  that ``Stack.decode`` runs one ``lax.scan`` over the layers (slicing and restacking the
+  caches at every step).
 - stoax uncached: ``generate(..., use_cache=False)``: every step runs the model on the whole
   ``(batch, max_len)`` token buffer (static shapes) and reads the logits at the new position.
 - Flax NNX: the same architecture with ``nnx.MultiHeadAttention(decode=True)`` and its
@@ -18,9 +21,10 @@ draw at temperature 0.8.
   fed token by token; one key per step for the whole batch (``fold_in(key, t)``).
 
 Each figure: median over ``--reps`` timed calls after a warm-up (compile) call, the programs
-interleaved round by round so a change of machine load hits all alike. tokens/s counts the new
-tokens of the whole batch (``batch * new``) over the wall time of the whole generation,
-prompt included.
+interleaved round by round so a change of machine load hits all alike; both the wall time and
+the process's CPU time (all threads; steadier than wall time on a shared machine). tokens/s
+counts the new tokens of the whole batch (``batch * new``) over the wall time of the whole
+generation, prompt included.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ L = P + N
 REPS = 3 if ARGS.quick else ARGS.reps
 
 
-def stoax_model(unroll: bool) -> stoax.Module:
+def stoax_model() -> stoax.nn.TransformerEncoder:
     lm = stoax.nn.TransformerEncoder(
         VOCAB,
         VOCAB,
@@ -61,10 +65,26 @@ def stoax_model(unroll: bool) -> stoax.Module:
         causal=True,
         dropout=0.0,
         attention_dropout=0.0,
-        unroll=unroll,
         key=jax.random.key(0),
     )
     return stoax.eval_mode(lm)
+
+
+class StackedCacheLM(stoax.Module):
+    """The encoder with one cache stacked on a layer axis: ``Stack.decode`` scans the layers."""
+
+    lm: stoax.nn.TransformerEncoder
+
+    def init_cache(self, batch_shape, length):
+        caches = self.lm.init_cache(batch_shape, length)
+        return jax.tree.map(lambda *a: jnp.stack(a), *caches)
+
+    def decode(self, tokens, cache, *, lengths=None):
+        lm = self.lm
+        positions = cache.index[0][:, None] + jnp.arange(tokens.shape[1])
+        x = lm.embed(tokens) + jnp.take(lm.pos_embed, positions, axis=0)
+        x, cache = lm.blocks.decode(x, cache, lengths=lengths)
+        return lm.head(lm.norm(x)), cache
 
 
 class NNXBlock(nnx.Module):
@@ -124,7 +144,7 @@ def nnx_generator():
 def main() -> None:
     prompt = jax.random.randint(jax.random.key(1), (B, P), 0, VOCAB)
     sampler = Sampler(temperature=T)
-    scanned, unrolled = stoax_model(False), stoax_model(True)
+    lm = stoax_model()
 
     def stoax_run(lm, use_cache):
         return lambda prompt, key: (
@@ -134,9 +154,9 @@ def main() -> None:
         )
 
     programs = {
-        "stoax cached (Stack: lax.scan over layers)": stoax_run(scanned, True),
-        "stoax cached (unroll=True)": stoax_run(unrolled, True),
-        "stoax uncached (full buffer every step)": stoax_run(scanned, False),
+        "stoax cached (per-layer caches)": stoax_run(lm, True),
+        "stoax cached (stacked caches, lax.scan)": stoax_run(StackedCacheLM(lm), True),
+        "stoax uncached (full buffer every step)": stoax_run(lm, False),
         "Flax NNX decode=True loop (unrolled layers)": nnx_generator(),
     }
     compile_s = {}
@@ -145,30 +165,34 @@ def main() -> None:
         jax.block_until_ready(fn(prompt, jax.random.key(2)))
         compile_s[name] = time.perf_counter() - t0
     times = {name: [] for name in programs}
+    cpu = {name: [] for name in programs}
     for rep in range(REPS):
         for name, fn in programs.items():
             key = jax.random.key(100 + rep)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn(prompt, key))
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
 
     print(
         f"jax {jax.__version__}, {jax.default_backend()}, {jax.config.jax_default_prng_impl}; "
         f"{LAYERS} layers, d {D}, {HEADS} heads, vocab {VOCAB}; batch {B}, prompt {P}, "
         f"{N} new tokens; median of {REPS}"
     )
-    base = statistics.median(times["stoax uncached (full buffer every step)"])
-    nnx_t = statistics.median(times["Flax NNX decode=True loop (unrolled layers)"])
+    uncached = "stoax uncached (full buffer every step)"
+    nnx_name = "Flax NNX decode=True loop (unrolled layers)"
+    base, nnx_ms = (1e3 * statistics.median(cpu[n]) for n in (uncached, nnx_name))
     print(
-        f"{'program':46s} {'ms':>9s} {'tokens/s':>10s} {'vs uncached':>12s} {'vs NNX':>8s} "
-        f"{'first call s':>13s}"
+        f"{'program':44s} {'wall ms':>8s} {'tokens/s':>9s} {'cpu ms':>8s} "
+        f"{'vs uncached':>12s} {'time / NNX':>11s} {'first call s':>13s}"
     )
-    for name, ts in times.items():
-        ms = 1e3 * statistics.median(ts)
+    for name in programs:
+        ms, cpu_ms = (1e3 * statistics.median(v[name]) for v in (times, cpu))
         print(
-            f"{name:46s} {ms:9.1f} {B * N / (ms / 1e3):10.0f} {base * 1e3 / ms:11.2f}x "
-            f"{nnx_t * 1e3 / ms:7.2f}x {compile_s[name]:13.1f}"
+            f"{name:44s} {ms:8.1f} {B * N / (ms / 1e3):9.0f} {cpu_ms:8.1f} "
+            f"{base / cpu_ms:11.2f}x {cpu_ms / nnx_ms:10.2f}x {compile_s[name]:13.1f}"
         )
+    print("vs uncached (speed-up) and time / NNX: ratios of the CPU-time medians")
 
 
 if __name__ == "__main__":

@@ -265,10 +265,10 @@ class TransformerEncoder(Module):
         length: int | None = None,
         *,
         dtype: jnp.dtype | None = None,
-    ) -> KVCache:
+    ) -> tuple[KVCache, ...]:
         """An empty cache for ``length`` positions (default ``max_len``) of a batch of shape
-        ``batch_shape``: one :class:`~stoax.nn.KVCache` per layer, stacked on a leading layer
-        axis as the :class:`~stoax.nn.Stack` of blocks scans it."""
+        ``batch_shape``: one :class:`~stoax.nn.KVCache` per layer, in a tuple (the layout
+        :meth:`Stack.decode <stoax.nn.Stack.decode>` writes in place)."""
         length = self.max_len if length is None else length
         if isinstance(length, bool) or not isinstance(length, int) or length < 1:
             raise ValueError(
@@ -281,17 +281,17 @@ class TransformerEncoder(Module):
                 "most max_len positions, or build the model with a larger max_len."
             )
         one = self.blocks[0].attn.init_cache(batch_shape, length, dtype=dtype)
-        return jax.tree.map(lambda a: jnp.zeros((len(self.blocks), *a.shape), a.dtype), one)
+        return tuple(jax.tree.map(jnp.zeros_like, one) for _ in range(len(self.blocks)))
 
     @locate_layer_errors
     def decode(
         self,
         tokens: jax.Array,
-        cache: KVCache,
+        cache: tuple[KVCache, ...],
         *,
         lengths: jax.Array | None = None,
         key: jax.Array | None = None,
-    ) -> tuple[jax.Array, KVCache]:
+    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
         """Next-token logits of ``n`` new tokens of shape ``(*batch, n)``, read with ``cache``:
         returns ``(logits (*batch, n, out_features), cache)``.
 
@@ -319,13 +319,14 @@ class TransformerEncoder(Module):
                 self,
                 f": decode gives next-token logits and needs pool='none' (got {self.pool!r}).",
             )
-        if not isinstance(cache, KVCache):
+        if not (isinstance(cache, tuple) and cache and isinstance(cache[0], KVCache)):
             raise TypeError(
-                "TransformerEncoder.decode: cache must be a KVCache from model.init_cache(...), "
-                f"got {type(cache).__name__}."
+                "TransformerEncoder.decode: cache must be the tuple of per-layer KVCaches from "
+                f"model.init_cache(...), got {type(cache).__name__}."
             )
         n = jnp.shape(tokens)[-1] if jnp.ndim(tokens) else 0
-        positions = cache.index[0][..., None] + jnp.arange(n, dtype=cache.index.dtype)
+        index = cache[0].index
+        positions = index[..., None] + jnp.arange(n, dtype=index.dtype)
         k_drop, k_blocks = keys.derive(key, "embed_dropout", "blocks")
         # A position past max_len gets a NaN embedding: never a silent wrong answer.
         pos = jnp.take(self.pos_embed, positions, axis=0, mode="fill", fill_value=jnp.nan)
