@@ -146,8 +146,9 @@ def test_resumed_generation_equals_uninterrupted(lm):
     rest = generate(lm, first.state, key=key, max_new_tokens=N - 25, **kw)
     np.testing.assert_array_equal(jnp.concatenate([first.tokens, rest.tokens], 1), whole.tokens)
     np.testing.assert_array_equal(first.lengths + rest.lengths, whole.lengths)
+    full = generate(lm, prompts(1), key=key, max_new_tokens=N, sampler=SAMPLER)  # no room left
     with pytest.raises(ValueError, match="cache_len"):  # a cache too short is refused
-        generate(lm, whole.state, key=jax.random.key(11), max_new_tokens=1)
+        generate(lm, full.state, key=jax.random.key(11), max_new_tokens=1)
 
 
 def test_stop_at_end_token_per_example(lm):
