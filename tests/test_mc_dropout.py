@@ -94,8 +94,11 @@ def test_digits_entropy_rises_on_noised_inputs():
     model = stoax.eval_mode(stoax.combine(fit(params), rest))
     accuracy = float((model(test["x"]).argmax(-1) == test["y"]).mean())
     noised = test["x"] + 0.5 * jax.random.normal(jax.random.key(5), test["x"].shape)
-    clean = mc_predict(model, test["x"], key=jax.random.key(6), n=20)
-    noisy = mc_predict(model, noised, key=jax.random.key(7), n=20)
+    predict = jax.jit(lambda model, x, key: mc_predict(model, x, key=key, n=20))
+    clean, noisy = (
+        predict(model, test["x"], jax.random.key(6)),
+        predict(model, noised, jax.random.key(7)),
+    )
     h_clean, h_noisy = (
         float(clean.predictive_entropy.mean()),
         float(noisy.predictive_entropy.mean()),
