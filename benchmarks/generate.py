@@ -10,9 +10,8 @@ draw at temperature 0.8.
   in one ``decode`` call (prefill), then one token per step of a ``lax.while_loop``; the layers
   one after the other (``Stack.decode`` on the encoder's tuple of per-layer caches, written in
   place); per-example keys.
-- stoax cached, stacked caches: the same model with its caches stacked on a layer axis, so
-  that ``Stack.decode`` runs one ``lax.scan`` over the layers (slicing and restacking the
-  caches at every step).
+- stoax cached, stacked caches: the same model with its caches stacked on a layer axis (one
+  array per cache field; every step slices each layer's cache out and restacks it).
 - stoax uncached: ``generate(..., use_cache=False)``: every step runs the model on the whole
   ``(batch, max_len)`` token buffer (static shapes) and reads the logits at the new position.
 - Flax NNX: the same architecture with ``nnx.MultiHeadAttention(decode=True)`` and its
@@ -71,7 +70,7 @@ def stoax_model() -> stoax.nn.TransformerEncoder:
 
 
 class StackedCacheLM(stoax.Module):
-    """The encoder with one cache stacked on a layer axis: ``Stack.decode`` scans the layers."""
+    """The encoder with its caches stacked on a layer axis (sliced and restacked every step)."""
 
     lm: stoax.nn.TransformerEncoder
 
@@ -155,7 +154,7 @@ def main() -> None:
 
     programs = {
         "stoax cached (per-layer caches)": stoax_run(lm, True),
-        "stoax cached (stacked caches, lax.scan)": stoax_run(StackedCacheLM(lm), True),
+        "stoax cached (caches stacked on a layer axis)": stoax_run(StackedCacheLM(lm), True),
         "stoax uncached (full buffer every step)": stoax_run(lm, False),
         "Flax NNX decode=True loop (unrolled layers)": nnx_generator(),
     }

@@ -13,6 +13,7 @@ from stoax import keys
 from stoax._module import Module, is_module
 from stoax.inference._sampling import Sampler
 from stoax.nn._checks import MissingKeyError
+from stoax.transforms._stack import unstack
 
 __all__ = ["DecodeState", "Generation", "generate", "example_keys"]
 
@@ -303,6 +304,9 @@ def _run(
     end_token: int | None,
     pad_token: int,
 ) -> Generation:
+    # Stacked layers taken apart once, before the loop: each step then reads every layer's
+    # weights in place instead of slicing them out of the stacked arrays (same layers, keys).
+    model = unstack(model)
     batch = state.positions.shape[0]
     tokens = jnp.full((batch, n_new), pad_token, jnp.int32)
     counts = jnp.zeros((batch,), jnp.int32)
