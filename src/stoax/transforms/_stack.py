@@ -26,7 +26,7 @@ from stoax.transforms._stacked import (
     stack_copies,
 )
 
-__all__ = ["Stack", "Unstacked", "unstack"]
+__all__ = ["Stack"]
 
 
 class Stack(Module):
@@ -187,9 +187,8 @@ class Stack(Module):
           every cache in place -- the fast layout, and the one
           ``TransformerEncoder.init_cache`` makes;
         - one pytree whose arrays carry a **leading layer axis**: one ``lax.scan`` over the
-          layers, as ``__call__`` (a program that does not grow with depth), but the scan
-          slices and restacks every layer's cache at each step: ~2.4x slower per token on
-          CPU (``benchmarks/generate.py``).
+          layers, as ``__call__`` (a program that does not grow with depth), but every step
+          slices and restacks the caches (slower per token: ``benchmarks/README.md``).
 
         The updated caches come back in the layout they came in.
 
@@ -261,8 +260,8 @@ class Unstacked(Module):
     """The layers of a :class:`Stack` as separate blocks, run one after the other with the
     stack's keys (layer ``i`` gets ``stoax.keys.child(key, i)``): what a decode loop holds, so
     that every step reads each layer's weights directly instead of slicing them out of the
-    stacked arrays (XLA does not hoist those slices out of a ``while`` loop; ~20% of a decode
-    step on CPU). Made by :func:`unstack`; callers never build it themselves."""
+    stacked arrays (XLA does not hoist those slices out of a ``while`` loop; see
+    ``benchmarks/README.md``). Made by :func:`unstack`; callers never build it themselves."""
 
     layers: tuple[Module, ...]
 
