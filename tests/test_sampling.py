@@ -46,7 +46,10 @@ def expected(temperature=1.0, top_k=None, top_p=None):
 
 def draw(sampler, seed):
     logits = jnp.broadcast_to(jnp.asarray(LOGITS), (M, LOGITS.size))
-    tokens = jax.jit(lambda k: sampler(logits, key=k))(example_keys(jax.random.key(seed), M))
+    # logits as an argument, not a closed-over constant: XLA would constant-fold the filters
+    tokens = jax.jit(lambda lg, k: sampler(lg, key=k))(
+        logits, example_keys(jax.random.key(seed), M)
+    )
     return np.bincount(np.asarray(tokens), minlength=LOGITS.size)
 
 
