@@ -224,6 +224,7 @@ API_MODULES = (
     "stoax.sharding",
     "stoax.distributed",
     "stoax.train",
+    "stoax.inference",
     "stoax.examples.digits",
     "stoax.interop.linen",
     "stoax.interop.nnx",

@@ -1,6 +1,6 @@
 """stoax: neural-network modules for JAX with randomness you can trust."""
 
-from stoax import distributed, keys, nn, random, sharding
+from stoax import distributed, inference, keys, nn, random, sharding
 from stoax._edit import map_modules, replace_at
 from stoax._mode import eval_mode, set_mode, train_mode
 from stoax._module import FrozenDict, Module, field, is_array, is_module
@@ -27,6 +27,7 @@ __all__ = [
     "eval_mode",
     "field",
     "has_state",
+    "inference",
     "is_array",
     "is_module",
     "keys",

@@ -12,6 +12,7 @@ from stoax.nn._dropout import Dropout
 from stoax.nn._embedding import Embedding
 from stoax.nn._gaussian_noise import GaussianNoise
 from stoax.nn._group_norm import GroupNorm, InstanceNorm
+from stoax.nn._kv_cache import KVCache
 from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
@@ -41,6 +42,7 @@ __all__ = [
     "GroupNorm",
     "Identity",
     "InstanceNorm",
+    "KVCache",
     "LSTMCell",
     "LayerNorm",
     "Linear",

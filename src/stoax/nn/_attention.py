@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from stoax import keys
-from stoax._errors import LayerTypeError, LayerValueError
+from stoax._errors import LayerTypeError, LayerValueError, locate_layer_errors
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
+from stoax.nn._kv_cache import KVCache, write
 from stoax.nn._linear import Linear
 from stoax.nn._sizes import positive_int
 
@@ -182,10 +184,18 @@ class MultiHeadAttention(Module):
         q = self._heads(self.query_proj(query))
         k = self._heads(self.key_proj(context))
         v = self._heads(self.value_proj(context))
+        batch = jnp.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+        mask = self._full_mask(mask, (*batch, self.num_heads, q.shape[-3], k.shape[-3]))
+        return self._attend(q, k, v, mask, key)
+
+    def _attend(
+        self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None, key: Any
+    ) -> jax.Array:
+        """Attention of the projected heads ``q`` over ``k``/``v`` under the final ``mask``,
+        then ``out_proj``: the part ``__call__`` and :meth:`decode` share."""
         scale = 1.0 / math.sqrt(q.shape[-1])
         logits = jnp.einsum("...qhd,...khd->...hqk", q * jnp.asarray(scale, q.dtype), k)
         logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
-        mask = self._full_mask(mask, logits.shape)
         if mask is not None:
             logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
         probs = jax.nn.softmax(logits, axis=-1)
@@ -198,3 +208,81 @@ class MultiHeadAttention(Module):
         )
         # No -1 in the reshape: an empty batch (size 0) would make it ambiguous.
         return self.out_proj(out.reshape(*out.shape[:-2], out.shape[-2] * out.shape[-1]))
+
+    # -- decoding with a key/value cache -----------------------------------------------------
+
+    def init_cache(
+        self, batch_shape: tuple[int, ...], length: int, *, dtype: jnp.dtype | None = None
+    ) -> KVCache:
+        """An empty :class:`~stoax.nn.KVCache` for ``length`` positions of a batch of shape
+        ``batch_shape`` (``()`` for one unbatched sequence). ``dtype`` defaults to the key
+        projection's."""
+        batch_shape = tuple(int(b) for b in batch_shape)
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise LayerValueError(self, f": cache length must be a positive int, got {length!r}.")
+        qkv = self.key_proj.out_features
+        shape = (*batch_shape, length, self.num_heads, qkv // self.num_heads)
+        dtype = self.key_proj.weight.dtype if dtype is None else dtype
+        zeros = jnp.zeros(shape, dtype)
+        return KVCache(k=zeros, v=zeros, index=jnp.zeros(batch_shape, jnp.int32))
+
+    @locate_layer_errors
+    def decode(
+        self,
+        query: jax.Array,
+        cache: KVCache,
+        *,
+        lengths: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache]:
+        """Causal self-attention of ``n`` new positions over everything the cache holds.
+
+        ``query`` has shape ``(*batch, n, features)``; example ``b``'s new positions are
+        ``cache.index[b] + 0 .. n-1``. Their keys and values are written there, and position
+        ``p`` attends to the cached positions ``<= p`` -- the same result (up to float rounding)
+        as calling the layer on the whole prefix. Returns ``(output, cache)``, the cache advanced
+        by ``n`` per example, or by ``lengths[b]`` (how many of the ``n`` positions are real in
+        a right-padded batch: the padding is written but never attended to, and the next call
+        overwrites it). Prefill a prompt with one call, then decode one token per call.
+
+        A position past the end of the cache is not stored, and its output is NaN (a cache too
+        short never gives a plausible answer). Dropout on the probabilities works as in
+        ``__call__`` (training mode needs ``key``).
+
+        Example:
+            >>> import jax, jax.numpy as jnp, stoax
+            >>> attn = stoax.nn.MultiHeadAttention(8, 2, causal=True, key=jax.random.key(0))
+            >>> x = jax.random.normal(jax.random.key(1), (2, 5, 8))
+            >>> cache = attn.init_cache((2,), 5)
+            >>> y_prompt, cache = attn.decode(x[:, :4], cache)  # prefill 4 positions
+            >>> y_last, cache = attn.decode(x[:, 4:], cache)  # then one more
+            >>> bool(jnp.allclose(y_last, attn(x)[:, 4:], atol=1e-5)), cache.index.tolist()
+            (True, [5, 5])
+        """
+        if not self.causal:
+            raise LayerValueError(
+                self,
+                ": decode needs causal attention (position i sees positions <= i); build the "
+                "layer with causal=True.",
+            )
+        if not isinstance(cache, KVCache):
+            raise LayerTypeError(
+                self, f": cache must be a KVCache (from init_cache), got {type(cache).__name__}."
+            )
+        batch = tuple(jnp.shape(query)[:-2])
+        if jnp.ndim(query) < 2 or batch != cache.index.shape:
+            raise LayerValueError(
+                self,
+                f": query of shape {jnp.shape(query)} does not fit the cache: expected "
+                f"(*batch, n, features) with batch = {cache.index.shape}, the cache's batch shape.",
+            )
+        n = query.shape[-2]
+        q = self._heads(self.query_proj(query))
+        positions = cache.index[..., None] + jnp.arange(n, dtype=cache.index.dtype)
+        k = write(cache.k, self._heads(self.key_proj(query)), positions)
+        v = write(cache.v, self._heads(self.value_proj(query)), positions)
+        seen = jnp.arange(cache.length) <= positions[..., :, None]  # (*batch, n, length)
+        out = self._attend(q, k, v, seen[..., None, :, :], key)
+        out = jnp.where((positions < cache.length)[..., None], out, jnp.nan)
+        advance = n if lengths is None else jnp.asarray(lengths, cache.index.dtype)
+        return out, KVCache(k=k, v=v, index=cache.index + advance)

@@ -4,17 +4,19 @@ on :class:`~stoax.nn.Stack`, usable as a classifier or, with ``causal=True``, a 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from stoax import keys
-from stoax._errors import LayerValueError
+from stoax._errors import LayerValueError, locate_layer_errors
 from stoax._module import Module
 from stoax.nn._attention import MultiHeadAttention
 from stoax.nn._drop_path import DropPath
 from stoax.nn._dropout import Dropout
 from stoax.nn._embedding import Embedding
+from stoax.nn._kv_cache import KVCache
 from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
@@ -97,13 +99,35 @@ class TransformerBlock(Module):
     def __call__(
         self, x: jax.Array, *, key: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
+        y, _ = self._forward(x, key, lambda h, k: (self.attn(h, mask=mask, key=k), None))
+        return y
+
+    @locate_layer_errors
+    def decode(
+        self,
+        x: jax.Array,
+        cache: KVCache,
+        *,
+        lengths: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> tuple[jax.Array, KVCache]:
+        """The block on ``n`` new positions ``x`` of shape ``(*batch, n, features)``, its
+        attention reading and extending ``cache`` (:meth:`MultiHeadAttention.decode
+        <stoax.nn.MultiHeadAttention.decode>`); returns ``(y, cache)``. Needs ``causal=True``."""
+        return self._forward(
+            x, key, lambda h, k: self.attn.decode(h, cache, lengths=lengths, key=k)
+        )
+
+    def _forward(
+        self, x: jax.Array, key: jax.Array | None, attend: Callable[..., tuple[jax.Array, Any]]
+    ) -> tuple[jax.Array, Any]:
         k = dict(zip(_NAMES, keys.derive(key, *_NAMES), strict=True))
-        h = self.attn(self.attn_norm(x), mask=mask, key=k["attn"])
+        h, extra = attend(self.attn_norm(x), k["attn"])
         h = self.attn_dropout(h, key=k["attn_dropout"])
         x = x + self.attn_drop_path(h, key=k["attn_drop_path"])
         h = self.mlp(self.mlp_norm(x), key=k["mlp"])
         h = self.mlp_dropout(h, key=k["mlp_dropout"])
-        return x + self.mlp_drop_path(h, key=k["mlp_drop_path"])
+        return x + self.mlp_drop_path(h, key=k["mlp_drop_path"]), extra
 
 
 _NAMES = ("attn", "attn_dropout", "attn_drop_path", "mlp", "mlp_dropout", "mlp_drop_path")
@@ -235,3 +259,80 @@ class TransformerEncoder(Module):
         elif self.pool == "last":
             x = x[..., -1, :]
         return self.head(x)
+
+    # -- decoding with a key/value cache (the protocol of stoax.inference.generate) -----------
+
+    def init_cache(
+        self,
+        batch_shape: tuple[int, ...],
+        length: int | None = None,
+        *,
+        dtype: jnp.dtype | None = None,
+    ) -> tuple[KVCache, ...]:
+        """An empty cache for ``length`` positions (default ``max_len``) of a batch of shape
+        ``batch_shape``: one :class:`~stoax.nn.KVCache` per layer, in a tuple (the layout
+        :meth:`Stack.decode <stoax.nn.Stack.decode>` writes in place)."""
+        length = self.max_len if length is None else length
+        if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+            raise ValueError(
+                f"TransformerEncoder.init_cache: length must be a positive int, got {length!r}."
+            )
+        if length > self.max_len:
+            raise ValueError(
+                f"TransformerEncoder.init_cache: a cache of {length} positions is longer than "
+                f"the model's max_len = {self.max_len} (its positional embedding). Ask for at "
+                "most max_len positions, or build the model with a larger max_len."
+            )
+        one = self.blocks[0].attn.init_cache(batch_shape, length, dtype=dtype)
+        return tuple(jax.tree.map(jnp.zeros_like, one) for _ in range(len(self.blocks)))
+
+    @locate_layer_errors
+    def decode(
+        self,
+        tokens: jax.Array,
+        cache: tuple[KVCache, ...],
+        *,
+        lengths: jax.Array | None = None,
+        key: jax.Array | None = None,
+    ) -> tuple[jax.Array, tuple[KVCache, ...]]:
+        """Next-token logits of ``n`` new tokens of shape ``(*batch, n)``, read with ``cache``:
+        returns ``(logits (*batch, n, out_features), cache)``.
+
+        Example ``b``'s tokens take positions ``cache.index[b] + 0 .. n-1`` (their positional
+        embeddings too); ``lengths`` says how many of the ``n`` are real in a right-padded
+        batch (see :meth:`MultiHeadAttention.decode <stoax.nn.MultiHeadAttention.decode>`). The
+        logits equal those of ``model(prefix)`` at the same positions, up to float rounding.
+        Keys as in ``__call__``: ``"embed_dropout"``, then ``"blocks"``. This and
+        :meth:`init_cache` are the cache protocol of :func:`stoax.inference.generate`.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, stoax
+            >>> lm = stoax.eval_mode(stoax.nn.TransformerEncoder(
+            ...     vocab_size=10, out_features=10, features=16, num_heads=2, num_layers=2,
+            ...     max_len=8, causal=True, key=jax.random.key(0)))
+            >>> tokens = jnp.array([[1, 2, 3, 4]])
+            >>> cache = lm.init_cache((1,))
+            >>> logits, cache = lm.decode(tokens[:, :3], cache)  # prefill
+            >>> last, cache = lm.decode(tokens[:, 3:], cache)  # one more token
+            >>> bool(jnp.allclose(last[:, 0], lm(tokens)[:, 3], atol=1e-5))
+            True
+        """
+        if self.pool != "none":
+            raise LayerValueError(
+                self,
+                f": decode gives next-token logits and needs pool='none' (got {self.pool!r}).",
+            )
+        if not (isinstance(cache, tuple) and cache and isinstance(cache[0], KVCache)):
+            raise TypeError(
+                "TransformerEncoder.decode: cache must be the tuple of per-layer KVCaches from "
+                f"model.init_cache(...), got {type(cache).__name__}."
+            )
+        n = jnp.shape(tokens)[-1] if jnp.ndim(tokens) else 0
+        index = cache[0].index
+        positions = index[..., None] + jnp.arange(n, dtype=index.dtype)
+        k_drop, k_blocks = keys.derive(key, "embed_dropout", "blocks")
+        # A position past max_len gets a NaN embedding: never a silent wrong answer.
+        pos = jnp.take(self.pos_embed, positions, axis=0, mode="fill", fill_value=jnp.nan)
+        x = self.embed_dropout(self.embed(tokens) + pos, key=k_drop)
+        x, cache = self.blocks.decode(x, cache, key=k_blocks, lengths=lengths)
+        return self.head(self.norm(x)), cache

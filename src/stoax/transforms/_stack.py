@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stoax import keys
+from stoax._edit import map_modules
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
 from stoax._state import apply, updates_state
@@ -208,6 +209,69 @@ class Stack(Module):
         y, stacked = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
         return y, self.replace(layers=parts.rebuild(stacked))
 
+    def decode(
+        self, x: Any, cache: Any, *, key: jax.Array | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        """Apply the layers in order, each with its own cache: layer ``i`` runs
+        ``layer.decode(x, cache_i, key=stoax.keys.child(key, i), **kwargs)`` and returns
+        ``(x, cache_i)`` -- the keys of ``__call__``, so it is the Python loop over the layers.
+
+        ``cache`` holds one cache per layer, in either layout:
+
+        - a **tuple** (or list) of ``len(stack)`` caches: the layers run one after the other
+          in the program (the weights stay stacked). Each step of a decode loop then writes
+          every cache in place -- the fast layout, and the one
+          ``TransformerEncoder.init_cache`` makes;
+        - one pytree whose arrays carry a **leading layer axis**: one ``lax.scan`` over the
+          layers, as ``__call__`` (a program that does not grow with depth), but every step
+          slices and restacks the caches (slower per token: ``benchmarks/README.md``).
+
+        The updated caches come back in the layout they came in.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, stoax
+            >>> def make(k):
+            ...     return stoax.nn.TransformerBlock(8, 2, dropout=0.0, attention_dropout=0.0,
+            ...                                      causal=True, key=k)
+            >>> stack = stoax.nn.Stack.build(make, 3, key=jax.random.key(0))
+            >>> caches = tuple(layer.attn.init_cache((2,), 6) for layer in stack)
+            >>> y, caches = stack.decode(jnp.ones((2, 4, 8)), caches)
+            >>> stacked = jax.tree.map(lambda *a: jnp.stack(a), *(l.attn.init_cache((2,), 6)
+            ...                                                  for l in stack))
+            >>> y2, stacked = stack.decode(jnp.ones((2, 4, 8)), stacked)
+            >>> bool(jnp.allclose(y, y2, atol=1e-6)), stacked.index.tolist()
+            (True, [[4, 4], [4, 4], [4, 4]])
+        """
+        parts = split(self.layers, self.stacked, self.length, "Stack")
+        if isinstance(cache, tuple | list):
+            if len(cache) != self.length:
+                raise ValueError(
+                    f"Stack.decode: got {len(cache)} caches for a stack of {self.length} layers; "
+                    "pass one per layer."
+                )
+            new = []
+            for i, layer_cache in enumerate(cache):
+                layer = parts.index(i)
+                x, layer_cache = layer.decode(x, layer_cache, key=keys.child(key, i), **kwargs)
+                new.append(layer_cache)
+            return x, type(cache)(new)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(cache):
+            if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != self.length:
+                raise ValueError(
+                    f"Stack.decode: a stacked cache holds one entry per layer, so every array in "
+                    f"it needs a leading axis of size {self.length}; the one at "
+                    f"{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}. (Or pass a tuple "
+                    "of per-layer caches.)"
+                )
+
+        def step(carry: Any, xs: tuple[jax.Array, list[Any], Any]) -> tuple[Any, Any]:
+            i, leaves, layer_cache = xs
+            layer = parts.rebuild(leaves)
+            return layer.decode(carry, layer_cache, key=keys.child(key, i), **kwargs)
+
+        index = jnp.arange(self.length)
+        return jax.lax.scan(step, x, (index, parts.stacked, cache), unroll=self.unroll)
+
     def _check_carry(self, parts: Any, x: Any, key: Any, kwargs: dict[str, Any]) -> None:
         """A layer must map x to the same shapes and dtypes: say so before lax.scan does.
         (Abstract evaluation only: nothing is computed.)"""
@@ -226,3 +290,54 @@ class Stack(Module):
                 f"{out_spec}. Put shape-changing layers before or after the Stack (e.g. in a "
                 "Sequential)."
             )
+
+
+class Unstacked(Module):
+    """The layers of a :class:`Stack` as separate blocks, run one after the other with the
+    stack's keys (layer ``i`` gets ``stoax.keys.child(key, i)``): what a decode loop holds, so
+    that every step reads each layer's weights directly instead of slicing them out of the
+    stacked arrays (XLA does not hoist those slices out of a ``while`` loop; see
+    ``benchmarks/README.md``). Made by :func:`unstack`; callers never build it themselves."""
+
+    layers: tuple[Module, ...]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Module:
+        return self.layers[i]
+
+    def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, key=keys.child(key, i), **kwargs)
+        return x
+
+    def decode(
+        self, x: Any, cache: Any, *, key: jax.Array | None = None, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        """As :meth:`Stack.decode`: a tuple of per-layer caches, or one stacked on a layer
+        axis (sliced per layer, and restacked)."""
+        stacked = not isinstance(cache, tuple | list)
+        caches = (
+            [jax.tree.map(lambda a, i=i: a[i], cache) for i in range(len(self.layers))]
+            if stacked
+            else cache
+        )
+        if len(caches) != len(self.layers):
+            raise ValueError(
+                f"decode: got {len(caches)} caches for {len(self.layers)} layers; pass one per "
+                "layer."
+            )
+        new = []
+        for i, (layer, layer_cache) in enumerate(zip(self.layers, caches, strict=True)):
+            x, layer_cache = layer.decode(x, layer_cache, key=keys.child(key, i), **kwargs)
+            new.append(layer_cache)
+        if stacked:
+            return x, jax.tree.map(lambda *a: jnp.stack(a), *new)
+        return x, type(cache)(new)
+
+
+def unstack(model: Any) -> Any:
+    """``model`` with every :class:`Stack` in it replaced by its :class:`Unstacked` layers
+    (same layers, same keys)."""
+    return map_modules(lambda m: Unstacked(tuple(m)) if isinstance(m, Stack) else m, model)
