@@ -71,6 +71,20 @@ def test_tiny_run_trains_both_runs(tiny_run):
         assert history[1]["val_loss"] < history[0]["val_loss"]
 
 
+def test_the_run_prints_a_sample_and_sampling_is_reproducible(tiny_run):
+    out, _, stdout, _ = tiny_run
+    printed = stdout.split("Sampled from the dropout run (temperature 0.8):\n", 1)[1].rstrip("\n")
+    config = charlm.Config(epochs=2, hidden=16, train_chars=16384)
+    again = charlm.sample(config, out)  # the same run and key: the same text
+    assert again == printed
+    assert again.startswith("The ") and len(again) == len("The ") + 200
+    assert set(again) <= set(charlm.load_text())
+    other = charlm.sample(config, out, seed=1, prompt="def ", length=50)
+    assert other.startswith("def ") and len(other) == 54 and other[4:] != again[4:54]
+    with pytest.raises(ValueError, match="never occur"):
+        charlm.sample(config, out, prompt="\x00")
+
+
 def test_resume_reports_the_same_table_and_refuses_other_settings(tiny_run):
     out, _, stdout, _ = tiny_run
     code, again, stderr = _main(*TINY, "--out", str(out), "--resume")

@@ -295,6 +295,8 @@ def _run(args: argparse.Namespace) -> int:
         f"\n{title}, seed {config.seed}, {seconds:.1f} s. Wrote "
         f"{out / 'curves.png'}, checkpoints and results.json to {out}."
     )
+    if hasattr(example, "sample"):  # a language model: show what the dropout run writes
+        print(f"\nSampled from the dropout run (temperature 0.8):\n{example.sample(config, out)}")
     return 0
 
 
