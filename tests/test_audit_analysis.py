@@ -332,13 +332,22 @@ def test_split_children_equal_fold_ins_numerically_and_for_the_auditor():
     at(stoax.audit(f, X, KEY), "reused_key", "split_fold")
 
     def init_and_train(x):
-        # model init and the first training key from one seed
+        # model init and the first training key from one seed, derived by hand
         k_init = jax.random.split(jax.random.key(0))[1]
         w = jax.random.normal(k_init, (8, 8))
-        noise = jax.random.normal(stoax.step_key(0, 1), x.shape)  # BUG:init_train
+        k_step = jax.random.fold_in(jax.random.key(0), 1)
+        noise = jax.random.normal(k_step, x.shape)  # BUG:init_train
         return x @ w + noise
 
     at(stoax.audit(init_and_train, X), "reused_key", "init_train")
+
+    def init_and_train_with_stoax_keys(x):
+        # stoax's step keys live in their own domain (issue 13): no collision with the init key
+        k_init = jax.random.split(jax.random.key(0))[1]
+        w = jax.random.normal(k_init, (8, 8))
+        return x @ w + jax.random.normal(stoax.step_key(0, 1), x.shape)
+
+    assert stoax.audit(init_and_train_with_stoax_keys, X).of_kind("reused_key") == []
 
     def distinct(x, key):
         a, _ = jax.random.split(key)
