@@ -17,7 +17,10 @@ def note_module_type(cls: type) -> None:
     """Called at each construction of a stoax module: cheap once ``cls`` has been seen."""
     if cls in _NOTED or "flax.nnx" not in sys.modules:
         return
-    from stoax.interop._nnx_graph import register_all
-
+    try:
+        from stoax.interop._nnx_graph import register_all
+    except ImportError:  # an NNX before 0.12 has no data registry, and needs no registration
+        _NOTED.add(cls)
+        return
     register_all()
     _NOTED.add(cls)
