@@ -8,10 +8,6 @@ reported yet: they name that code (``SOURCE``) instead of a thread. The line the
 point at ends with ``# BUG``; a line that the finding must name as related (the first use of a
 reused key) ends with ``# BUG-RELATED``. Each file's ``audit_target()`` is also a command-line
 target (``stoax audit FILE.py:audit_target``).
-
-The reproductions in ``XFAIL`` are bugs the analyser still misses (issue 12, "Misses"); each
-names its miss, and ``strict=True`` makes the test fail as soon as it is found, so the entry is
-removed then.
 """
 
 from __future__ import annotations
@@ -27,9 +23,6 @@ from stoax.cli.audit import load_target
 BUGS = Path(__file__).parent / "audit_bugs"
 REPRODUCTIONS = sorted(BUGS.glob("*.py"))
 
-# reproduction (file stem) -> what the analyser misses (issue 12)
-XFAIL: dict[str, str] = {}
-
 
 def _lines(path: Path, marker: str) -> list[int]:
     return [
@@ -40,10 +33,7 @@ def _lines(path: Path, marker: str) -> list[int]:
 
 
 def _param(path: Path):
-    marks = [pytest.mark.allow_key_reuse]
-    if path.stem in XFAIL:
-        marks.append(pytest.mark.xfail(strict=True, reason=XFAIL[path.stem]))
-    return pytest.param(path, id=path.stem, marks=marks)
+    return pytest.param(path, id=path.stem, marks=[pytest.mark.allow_key_reuse])
 
 
 @pytest.mark.parametrize("path", [_param(p) for p in REPRODUCTIONS])
@@ -95,4 +85,3 @@ def test_every_reproduction_names_its_thread_and_a_known_kind():
         assert len(_lines(path, "# BUG")) == 1, f"{path.name}: exactly one '# BUG' line"
     assert len(threads) >= 15, "at least 15 reproductions of public bug reports"
     assert len(set(threads)) == len(threads), "one reproduction per thread"
-    assert set(XFAIL) <= {p.stem for p in REPRODUCTIONS}
