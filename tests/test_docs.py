@@ -355,6 +355,11 @@ def test_site_builds_strict(tmp_path):
         for m in literal.finditer(page.read_text(encoding="utf-8"))
     ]
     assert not shown, f"literal Sphinx roles in the built HTML: {shown[:10]}"
+    # Layers' call arguments are in the reference, not only their constructors'.
+    nn_page = (tmp_path / "site" / "api" / "nn" / "index.html").read_text(encoding="utf-8")
+    text = re.sub(r"<[^>]+>", "", nn_page)
+    assert "Called as Linear(...)(x, *, key=None)" in text
+    assert "Called as MultiHeadAttention(...)(query, context=None, *, mask=None, key=None)" in text
 
 
 if __name__ == "__main__":  # run one page here: python tests/test_docs.py PAGE

@@ -95,13 +95,15 @@ def test_every_key_of_a_training_run_is_distinct(monkeypatch, model):
         jax.clear_caches()
     derivations = {(p, dom, d): o for p, dom, d, o in records}  # recomputations count once
     by_role = {dom for _, dom, _ in derivations}
-    roles = {keys.STEP, keys.POSITION, keys.NAME, keys.INIT_POSITION}  # the MLP's
-    assert by_role == (roles | {keys.INIT_NAME} if model == "transformer" else roles)
+    # the MLP's: each Linear's weight and bias keys are init keys by name
+    roles = {keys.STEP, keys.POSITION, keys.NAME, keys.INIT_POSITION, keys.INIT_NAME}
+    assert by_role == roles
     assert len({o for (_, dom, _), o in derivations.items() if dom == keys.STEP}) == 3
     outs = list(derivations.values())
     root = np.asarray(jax.random.key_data(jax.random.key(config.seed))).tobytes()
-    if model == "mlp":  # "init" + 3 Linear inits; per step: step key, "dropouts", 0, 1
-        assert len(outs) == 1 + 3 + 3 * 4
+    if model == "mlp":  # "init" + 3 Linears (their key, weight, bias); per step: step key,
+        # "dropouts", 0, 1
+        assert len(outs) == 1 + 3 * 3 + 3 * 4
     else:
         assert len(outs) > 50
     assert len(set(outs)) == len(outs), "two derivations gave the same key"

@@ -303,6 +303,8 @@ def test_signature_of_a_module_class_is_its_init():
         "use_bias",
         "key",
         "dtype",
+        "kernel_init",
+        "bias_init",
     ]
     assert list(inspect.signature(Scaled).parameters) == ["weight", "rate", "act", "name"]
     assert list(inspect.signature(Dropout(0.1)).parameters) == ["x", "key"]  # an instance: call

@@ -9,6 +9,9 @@
    and an ``Args:`` section on the class documents real parameters.
 4. Sphinx roles (``:func:`stoax.random.dropout```, ``:class:`~stoax.nn.Linear```) are shown as
    inline code: Markdown would print them literally.
+5. A class that defines ``__call__`` (every layer) gets a "Called as" line under its summary,
+   with the call's arguments (``x, *, key=None, mask=None``): the API reference documents how a
+   layer is called, not only how it is built.
 """
 
 from __future__ import annotations
@@ -79,6 +82,28 @@ def _render_roles(text: str) -> str:
     return _ROLE.sub(code, text)
 
 
+def _call_signature(name: str, call: griffe.Function) -> str:
+    """``Name(...)(x, *, key=None)``: how an instance is called, from ``__call__``'s parameters."""
+    kinds = griffe.ParameterKind
+    parts: list[str] = []
+    star = False
+    for p in call.parameters:
+        if p.name == "self":
+            continue
+        if p.kind is kinds.var_positional:
+            parts.append(f"*{p.name}")
+            star = True
+            continue
+        if p.kind is kinds.var_keyword:
+            parts.append(f"**{p.name}")
+            continue
+        if p.kind is kinds.keyword_only and not star:
+            parts.append("*")
+            star = True
+        parts.append(p.name if p.default is None else f"{p.name}={p.default}")
+    return f"{name}(...)({', '.join(parts)})"
+
+
 class StoaxDocs(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         self._visit(pkg, set())
@@ -92,6 +117,7 @@ class StoaxDocs(griffe.Extension):
             obj.docstring.value = _render_roles(_split_grouped_args(value))
         if obj.is_class:
             self._add_dataclass_init(obj)
+            self._document_call(obj)
         for member in obj.members.values():
             if not member.is_alias:
                 self._visit(member, seen)
@@ -137,6 +163,17 @@ class StoaxDocs(griffe.Extension):
             returns="None",
         )
         cls.set_member("__init__", init)
+
+    @staticmethod
+    def _document_call(cls: griffe.Class) -> None:
+        call = cls.members.get("__call__")
+        if call is None or call.is_alias or not call.is_function or cls.docstring is None:
+            return
+        line = f"Called as `{_call_signature(cls.name, call)}`."
+        if call.docstring is not None:
+            line += " " + _render_roles(call.docstring.value.split("\n\n", 1)[0].replace("\n", " "))
+        summary, _, rest = cls.docstring.value.partition("\n\n")
+        cls.docstring.value = f"{summary}\n\n{line}\n\n{rest}" if rest else f"{summary}\n\n{line}"
 
     @staticmethod
     def _parameter(member: griffe.Attribute) -> griffe.Parameter:

@@ -12,6 +12,7 @@ from stoax import keys
 from stoax._errors import LayerTypeError, LayerValueError, locate_layer_errors
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
+from stoax.nn._init import LECUN_NORMAL, ZEROS, Initializer
 from stoax.nn._kv_cache import KVCache, write
 from stoax.nn._linear import Linear
 from stoax.nn._sizes import positive_int
@@ -45,6 +46,8 @@ class MultiHeadAttention(Module):
         causal: a query at position ``i`` sees only key positions ``j <= i``.
         context_features: size of the last axis of ``context`` (default ``features``).
         key: the key that initialises the projections.
+        kernel_init, bias_init: initialisers of the four projections' weights and biases
+            (``jax.nn.initializers``; default LeCun-normal and zeros, as :class:`Linear`).
 
     Call with ``mask``: a boolean array broadcastable to ``(..., num_heads, q_len, kv_len)``,
     True where a query may attend to a key. A query row with no allowed key outputs zeros
@@ -81,6 +84,8 @@ class MultiHeadAttention(Module):
         context_features: int | None = None,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer = LECUN_NORMAL,
+        bias_init: Initializer = ZEROS,
     ):
         where = "MultiHeadAttention"
         features = positive_int(features, where, "features")
@@ -108,14 +113,19 @@ class MultiHeadAttention(Module):
             "value_proj",
             "out_proj",
         )
-        self.query_proj = Linear(features, qkv_features, use_bias=use_bias, key=k_q, dtype=dtype)
+        inits = {"kernel_init": kernel_init, "bias_init": bias_init}
+        self.query_proj = Linear(
+            features, qkv_features, use_bias=use_bias, key=k_q, dtype=dtype, **inits
+        )
         self.key_proj = Linear(
-            context_features, qkv_features, use_bias=use_bias, key=k_k, dtype=dtype
+            context_features, qkv_features, use_bias=use_bias, key=k_k, dtype=dtype, **inits
         )
         self.value_proj = Linear(
-            context_features, qkv_features, use_bias=use_bias, key=k_v, dtype=dtype
+            context_features, qkv_features, use_bias=use_bias, key=k_v, dtype=dtype, **inits
         )
-        self.out_proj = Linear(qkv_features, out_features, use_bias=use_bias, key=k_o, dtype=dtype)
+        self.out_proj = Linear(
+            qkv_features, out_features, use_bias=use_bias, key=k_o, dtype=dtype, **inits
+        )
         self.dropout = Dropout(dropout)
         self.num_heads = int(num_heads)
         self.causal = causal

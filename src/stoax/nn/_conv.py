@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax import keys
 from stoax._errors import LayerValueError
 from stoax._module import Module
 from stoax.nn._checks import require_float
+from stoax.nn._init import CONV_LECUN_NORMAL, ZEROS, Initializer, weight_and_bias
 from stoax.nn._sizes import positive_int, positive_ints
 
 __all__ = ["Conv"]
+
 
 Padding = str | int | Sequence[int | tuple[int, int]]
 _SPATIAL = "DHW"  # names of up to three spatial axes in lax's dimension-number strings
@@ -40,9 +41,11 @@ class Conv(Module):
         groups: feature groups: ``groups == in_channels`` is a depthwise convolution.
         use_bias: add a bias; ``bias`` is ``None`` otherwise.
         key: key of the initialisation.
+        kernel_init, bias_init: initialisers (``jax.nn.initializers``), each drawn from its own
+            init key of ``key``.
 
     Initialisation: ``weight`` of shape ``(*kernel_size, in_channels // groups, out_channels)``
-    is LeCun-normal (truncated normal, variance ``1 / fan_in`` with
+    is by default LeCun-normal (truncated normal, variance ``1 / fan_in`` with
     ``fan_in = prod(kernel_size) * in_channels // groups``), ``bias`` zeros ``(out_channels,)``.
 
     Example:
@@ -74,6 +77,8 @@ class Conv(Module):
         use_bias: bool = True,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer = CONV_LECUN_NORMAL,
+        bias_init: Initializer = ZEROS,
     ):
         n = 1 if isinstance(kernel_size, int | np.integer) else _num_spatial(kernel_size)
         kernel = positive_ints(kernel_size, n, "Conv", "kernel_size")
@@ -89,10 +94,15 @@ class Conv(Module):
         self.padding = _padding(padding, n)
         self.dilation = positive_ints(dilation, n, "Conv", "dilation")
         self.groups = groups
-        init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
-        key = keys.as_key(key, "Conv(key=...)")
-        self.weight = init(key, (*kernel, in_channels // groups, out_channels), dtype)
-        self.bias = jnp.zeros((out_channels,), dtype) if use_bias else None
+        self.weight, self.bias = weight_and_bias(
+            key,
+            (*kernel, in_channels // groups, out_channels),
+            (out_channels,) if use_bias else None,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            layer="Conv",
+        )
 
     @property
     def kernel_size(self) -> tuple[int, ...]:

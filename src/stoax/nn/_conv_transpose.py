@@ -13,6 +13,7 @@ from stoax._errors import LayerValueError
 from stoax._module import Module
 from stoax.nn._checks import require_float
 from stoax.nn._conv import _SPATIAL, Padding, _num_spatial, _padding
+from stoax.nn._init import CONV_LECUN_NORMAL, ZEROS, Initializer, weight_and_bias
 from stoax.nn._sizes import positive_int, positive_ints
 
 __all__ = ["ConvTranspose"]
@@ -36,6 +37,8 @@ class ConvTranspose(Module):
         use_bias: add a bias (zeros).
         key: key of the initialisation: ``weight`` of shape
             ``(*kernel_size, in_channels, out_channels)`` LeCun-normal (as Flax), ``bias`` zeros.
+        kernel_init, bias_init: other initialisers (``jax.nn.initializers``), each drawn from
+            its own init key of ``key``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -62,6 +65,8 @@ class ConvTranspose(Module):
         *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer = CONV_LECUN_NORMAL,
+        bias_init: Initializer = ZEROS,
     ):
         name = "ConvTranspose"
         n = 1 if isinstance(kernel_size, int | np.integer) else _num_spatial(kernel_size, name)
@@ -73,9 +78,15 @@ class ConvTranspose(Module):
         if self.padding == "SAME_LOWER":
             raise ValueError(f"{name}: padding must be 'SAME', 'VALID', an int or pairs.")
         self.dilation = positive_ints(dilation, n, name, "dilation")
-        init = jax.nn.initializers.lecun_normal(in_axis=-2, out_axis=-1)
-        self.weight = init(key, (*kernel, in_channels, out_channels), dtype)
-        self.bias = jnp.zeros((out_channels,), dtype) if use_bias else None
+        self.weight, self.bias = weight_and_bias(
+            key,
+            (*kernel, in_channels, out_channels),
+            (out_channels,) if use_bias else None,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            layer=name,
+        )
 
     @property
     def kernel_size(self) -> tuple[int, ...]:

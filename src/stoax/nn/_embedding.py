@@ -9,17 +9,22 @@ import numpy as np
 from stoax import keys
 from stoax._errors import LayerIndexError, LayerTypeError, LayerValueError
 from stoax._module import Module
+from stoax.nn._init import Initializer, check_initializer
 from stoax.nn._sizes import positive_int
 
 __all__ = ["Embedding"]
+
+_STANDARD_NORMAL = jax.nn.initializers.normal(1.0)
 
 
 class Embedding(Module):
     """A table of ``num_embeddings`` vectors of size ``features``: ``embedding(ids)`` looks them up.
 
-    Initialisation: ``weight`` of shape ``(num_embeddings, features)`` drawn from a normal
-    distribution with standard deviation 1 (as PyTorch's ``nn.Embedding`` and Equinox do; Flax's
-    ``nn.Embed`` scales it by ``1/sqrt(features)``). :meth:`attend` multiplies by the transposed
+    Initialisation: ``weight`` of shape ``(num_embeddings, features)`` drawn by
+    ``embedding_init`` from ``key``, by default a normal distribution with standard deviation 1
+    (as PyTorch's ``nn.Embedding`` and Equinox do; Flax's ``nn.Embed`` scales it by
+    ``1/sqrt(features)``: ``embedding_init=jax.nn.initializers.variance_scaling(1.0, "fan_in",
+    "normal", out_axis=0)``). :meth:`attend` multiplies by the transposed
     table, for an output layer tied to the input embedding.
 
     Example:
@@ -40,12 +45,14 @@ class Embedding(Module):
         *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        embedding_init: Initializer = _STANDARD_NORMAL,
     ):
         shape = (
             positive_int(num_embeddings, "Embedding", "num_embeddings"),
             positive_int(features, "Embedding", "features"),
         )
-        self.weight = jax.random.normal(keys.as_key(key, "Embedding(key=...)"), shape, dtype)
+        init = check_initializer(embedding_init, "Embedding", "embedding_init")
+        self.weight = init(keys.as_key(key, "Embedding(key=...)"), shape, dtype)
 
     @property
     def num_embeddings(self) -> int:

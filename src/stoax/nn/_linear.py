@@ -5,9 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from stoax import keys
 from stoax._errors import LayerTypeError, LayerValueError
 from stoax._module import Module
+from stoax.nn._init import LECUN_NORMAL, ZEROS, Initializer, weight_and_bias
 from stoax.nn._sizes import positive_int
 
 __all__ = ["Linear"]
@@ -16,14 +16,20 @@ __all__ = ["Linear"]
 class Linear(Module):
     """``y = x @ weight + bias`` over the last axis of ``x``.
 
-    Initialisation follows Flax: weight LeCun-normal (truncated normal, variance ``1/in``),
-    bias zero. ``weight`` has shape ``(in_features, out_features)``.
+    Initialisation follows Flax: ``kernel_init`` (default LeCun-normal: truncated normal,
+    variance ``1/in``) draws ``weight`` of shape ``(in_features, out_features)`` and ``bias_init``
+    (default zeros) ``bias``; any ``jax.nn.initializers`` function fits, each drawn from its own
+    init key of ``key`` (``stoax.keys.init_child(key, "weight")`` / ``"bias"``).
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
         >>> layer = stoax.nn.Linear(3, 2, key=jax.random.key(0))
         >>> layer(jnp.ones((5, 3))).shape
         (5, 2)
+        >>> ortho = stoax.nn.Linear(3, 3, kernel_init=jax.nn.initializers.orthogonal(),
+        ...                         key=jax.random.key(0))
+        >>> bool(jnp.allclose(ortho.weight @ ortho.weight.T, jnp.eye(3), atol=1e-5))
+        True
     """
 
     weight: jax.Array
@@ -37,13 +43,20 @@ class Linear(Module):
         use_bias: bool = True,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer = LECUN_NORMAL,
+        bias_init: Initializer = ZEROS,
     ):
         in_features = positive_int(in_features, "Linear", "in_features")
         out_features = positive_int(out_features, "Linear", "out_features")
-        key = keys.as_key(key, "Linear(key=...)")
-        init = jax.nn.initializers.lecun_normal()
-        self.weight = init(key, (in_features, out_features), dtype)
-        self.bias = jnp.zeros((out_features,), dtype) if use_bias else None
+        self.weight, self.bias = weight_and_bias(
+            key,
+            (in_features, out_features),
+            (out_features,) if use_bias else None,
+            kernel_init=kernel_init,
+            bias_init=bias_init,
+            dtype=dtype,
+            layer="Linear",
+        )
 
     @property
     def in_features(self) -> int:

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from stoax import keys
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
+from stoax.nn._init import LECUN_NORMAL, ZEROS, Initializer
 from stoax.nn._linear import Linear
 from stoax.nn._sizes import positive_int
 
@@ -23,8 +24,9 @@ class MLP(Module):
     ``layers`` holds the ``len(hidden) + 1`` Linear layers, ``dropouts`` the ``len(hidden)``
     Dropout layers (in training mode; switch with ``stoax.eval_mode``). ``activation`` is static
     metadata. The key of ``dropouts[i]`` is ``keys.child(keys.child(key, "dropouts"), i)``: each
-    hidden layer draws its own mask. Initialisation: each Linear as :class:`Linear` (weight
-    LeCun-normal, bias zeros), layer ``i`` from ``stoax.keys.init_child(key, i)``.
+    hidden layer draws its own mask. Initialisation: each Linear as :class:`Linear`, with
+    ``kernel_init`` and ``bias_init`` (default LeCun-normal and zeros), layer ``i`` from
+    ``stoax.keys.init_child(key, i)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -50,6 +52,8 @@ class MLP(Module):
         use_bias: bool = True,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
+        kernel_init: Initializer = LECUN_NORMAL,
+        bias_init: Initializer = ZEROS,
     ):
         if isinstance(hidden, int) or not isinstance(hidden, Sequence):
             raise TypeError(
@@ -66,7 +70,15 @@ class MLP(Module):
         self.activation = activation
         init_keys = keys.init_derive(keys.as_key(key, "MLP"), *range(len(sizes) - 1))
         self.layers = tuple(
-            Linear(a, b, use_bias=use_bias, key=k, dtype=dtype)
+            Linear(
+                a,
+                b,
+                use_bias=use_bias,
+                key=k,
+                dtype=dtype,
+                kernel_init=kernel_init,
+                bias_init=bias_init,
+            )
             for a, b, k in zip(sizes[:-1], sizes[1:], init_keys, strict=True)
         )
 
