@@ -38,6 +38,7 @@ import optax
 
 import stoax
 from stoax import train as st
+from stoax.examples._table import align_table
 
 __all__ = [
     "MODELS",
@@ -372,10 +373,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
-
-    return "\n".join(line(row) for row in [header, *body])
+    return align_table(header, body)

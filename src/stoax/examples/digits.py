@@ -30,6 +30,7 @@ import optax
 
 import stoax
 from stoax import train as st
+from stoax.examples._table import align_table
 from stoax.examples.digits_cnn import make_cnn
 from stoax.train._extras import require
 
@@ -287,10 +288,4 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ]
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-
-    def line(cells: list[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        return "  ".join([first, *(c.rjust(w) for c, w in zip(cells[1:], widths[1:], strict=True))])
-
-    return "\n".join(line(row) for row in [header, *body])
+    return align_table(header, body)
