@@ -423,6 +423,7 @@ def _check_resume(example: Any, config: Any, out: Path) -> bool:
     (a run cannot be shortened; ``results.json`` would contradict itself). Return whether any
     run has epochs left to train."""
     from stoax import train as st
+    from stoax.examples._runs import check_resumable
 
     left = False
     for stem, _, _ in example.runs(config):
@@ -430,7 +431,7 @@ def _check_resume(example: Any, config: Any, out: Path) -> bool:
         if not path.exists():
             left = True
             continue
-        example._check_resumable(config, path)
+        check_resumable(config, path)
         history = st.read_checkpoint_metadata(path).get("history") or []
         done = int(history[-1]["epoch"]) if history else 0
         if config.epochs < done:

@@ -38,6 +38,7 @@ import optax
 
 import stoax
 from stoax import train as st
+from stoax.examples._runs import check_resumable, checkpoint_path
 from stoax.examples._table import align_table
 
 __all__ = [
@@ -202,26 +203,6 @@ def runs(config: Config) -> list[tuple[str, str, float]]:
     return [("dropout", label, config.rate), ("no_dropout", "no dropout", 0.0)]
 
 
-def checkpoint_path(out: Path, stem: str) -> Path:
-    """Where run ``stem``'s checkpoint lives in the experiment folder ``out``."""
-    return Path(out) / f"{stem}.safetensors"
-
-
-def _check_resumable(config: Config, path: Path) -> None:
-    stored = dict(st.read_checkpoint_metadata(path).get("config", {}))
-    was, now = dict(stored), dataclasses.asdict(config)
-    was.pop("epochs", None)
-    now.pop("epochs", None)
-    if was != now:
-        diffs = ", ".join(
-            f"{k}={was.get(k)!r} (now {now.get(k)!r})" for k in sorted(now) if was.get(k) != now[k]
-        )
-        raise st.CheckpointError(
-            f"{path} was trained with other settings: {diffs}. Resume with the same options "
-            "(only --epochs may change), or pass --overwrite to start a new run."
-        )
-
-
 def train_run(
     config: Config,
     stem: str,
@@ -239,7 +220,7 @@ def train_run(
     path = checkpoint_path(out, stem)
     resuming = resume and path.exists()
     if resuming:
-        _check_resumable(config, path)
+        check_resumable(config, path)
     state = config.init_state(data.vocab_size, rate)
     history: list[dict[str, float]] = []
     if resuming:

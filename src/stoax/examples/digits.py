@@ -30,6 +30,7 @@ import optax
 
 import stoax
 from stoax import train as st
+from stoax.examples._runs import check_resumable, checkpoint_path
 from stoax.examples._table import align_table
 from stoax.examples.digits_cnn import make_cnn
 from stoax.train._extras import require
@@ -159,30 +160,6 @@ def runs(config: Config) -> list[tuple[str, str, float]]:
     return [("dropout", f"dropout {config.rate:g}", config.rate), ("no_dropout", "no dropout", 0.0)]
 
 
-def checkpoint_path(out: Path, stem: str) -> Path:
-    return Path(out) / f"{stem}.safetensors"
-
-
-def _comparable(config: Config | dict[str, Any]) -> dict[str, Any]:
-    values = dataclasses.asdict(config) if isinstance(config, Config) else dict(config)
-    values.pop("epochs", None)
-    return values
-
-
-def _check_resumable(config: Config, path: Path) -> None:
-    """Refuse a checkpoint trained with other settings (only ``epochs`` may change)."""
-    stored = st.read_checkpoint_metadata(path)
-    was, now = _comparable(stored.get("config", {})), _comparable(config)
-    if was != now:
-        diffs = ", ".join(
-            f"{k}={was.get(k)!r} (now {now.get(k)!r})" for k in sorted(now) if was.get(k) != now[k]
-        )
-        raise st.CheckpointError(
-            f"{path} was trained with other settings: {diffs}. Resume with the same options "
-            "(only --epochs may change), or pass --overwrite to start a new run."
-        )
-
-
 def train_run(
     config: Config,
     stem: str,
@@ -201,7 +178,7 @@ def train_run(
     path = checkpoint_path(out, stem)
     resuming = resume and path.exists()
     if resuming:
-        _check_resumable(config, path)
+        check_resumable(config, path)
     state = config.init_state(rate)
     history: list[dict[str, float]] = []
     if resuming:
