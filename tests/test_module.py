@@ -414,3 +414,79 @@ def test_python_float_dropout_rate_under_jit_vmap_and_optax(mlp, ensemble):
     new, state = step(mlp, state, jax.random.key(3))
     assert type(new.dropouts[0].rate) is float and new.dropouts[0].rate == 0.5
     assert None not in _leaves_with_none((state, new))
+
+
+# --- the role of a Python number in a field annotated jax.Array; stoax.field(converter=...) ------
+
+
+class Gain(stoax.Module):
+    """``scale`` is annotated as an array but defaults to a Python float (issue 19)."""
+
+    scale: jax.Array = 1.0
+    bias: jax.Array | None = None
+    rate: float | jax.Array = 0.5  # a union that admits a Python float: it stays static
+
+    def __call__(self, x, *, key=None):
+        y = self.scale * x
+        return y if self.bias is None else y + self.bias
+
+
+def test_python_float_in_an_array_field_is_a_trainable_leaf_with_a_gradient():
+    m = Gain()
+    assert isinstance(m.scale, jax.Array) and m.scale.dtype == jnp.float32
+    assert not m.scale.weak_type  # a definite dtype: the first optimiser update keeps it
+    assert m.bias is None and type(m.rate) is float  # None and the union are left alone
+    grads = jax.grad(lambda m: m(3.0))(m)
+    assert float(grads.scale) == 3.0  # before issue 19: static, no gradient at all
+    params, _ = stoax.partition(m)
+    assert params.scale is not None  # the optimiser sees it
+
+    opt = optax.sgd(0.1)
+    new = optax.apply_updates(m, opt.update(grads, opt.init(m), m)[0])
+    assert float(new.scale) == pytest.approx(0.7) and new.scale.dtype == jnp.float32
+
+
+def test_array_field_converts_numbers_given_to_init_replace_and_replace_at():
+    m = Gain(2, bias=[1.0, 2.0])
+    assert m.scale.dtype == jnp.int32 and m.bias.tolist() == [1.0, 2.0]
+    assert isinstance(m.replace(scale=0.5).scale, jax.Array)
+    edited = stoax.replace_at(Sequential([m]), "layers[0].scale", 4.0)
+    assert isinstance(edited.layers[0].scale, jax.Array) and float(edited.layers[0].scale) == 4.0
+    # Rebuilding from leaves converts nothing: a tracer or a None hole stays as it is.
+    assert jax.tree.map(lambda _: None, m).scale is None
+    # vmap over a constructor: the converted leaf is batched like the other arrays.
+    stacked = jax.vmap(lambda s: Gain(s, bias=1.0))(jnp.arange(3.0))
+    assert stacked.scale.shape == (3,) and stacked.bias.shape == (3,)
+
+
+def test_field_converter_runs_at_init_and_on_replaced_fields_before_check_init():
+    calls = []
+
+    def sorted_tuple(value):
+        calls.append(value)
+        return tuple(sorted(value))
+
+    class Tags(stoax.Module):
+        tags: tuple = stoax.field(converter=sorted_tuple, default=())
+        weight: jax.Array = stoax.field(converter=lambda w: jnp.asarray(w) * 2, default=1.0)
+
+        def __check_init__(self):
+            assert isinstance(self.tags, tuple)  # __check_init__ sees the converted value
+
+    t = Tags(["b", "a"])
+    assert t.tags == ("a", "b") and float(t.weight) == 2.0  # the default is converted too
+    calls.clear()
+    t2 = t.replace(tags={"z", "y"})
+    assert t2.tags == ("y", "z") and calls == [{"z", "y"}]  # only the replaced field
+    assert float(t2.weight) == 2.0  # not converted again (no doubling)
+    assert jax.tree.map(lambda w: w, t2) == t2  # rebuilt from leaves: no conversion
+
+    class Own(stoax.Module):  # a hand-written __init__ gets the same conversion
+        tags: tuple = stoax.field(converter=sorted_tuple)
+
+        def __init__(self, *names):
+            self.tags = list(names)
+
+    assert Own("q", "p").tags == ("p", "q")
+    with pytest.raises(TypeError, match="converter must be callable"):
+        stoax.field(converter=3)

@@ -6,6 +6,10 @@ callable, ``None`` -- is static metadata stored in the tree definition. So plain
 ``jax.grad``, ``jax.vmap`` and optax see only arrays, and a dropout rate given as a Python float
 stays a Python float inside traced code.
 
+One exception, for the annotation's sake: a field annotated ``jax.Array`` (or ``jax.Array |
+None``) that is given a Python number (or a list of numbers) holds it as a JAX array, so
+``scale: jax.Array = 1.0`` is a parameter that ``jax.grad`` differentiates, not a constant.
+
 Example:
     >>> import jax, jax.numpy as jnp, stoax
     >>> class Scale(stoax.Module):
@@ -24,10 +28,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterator, Mapping
+import typing
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, dataclass_transform
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from stoax._errors import locate_layer_errors
@@ -39,6 +45,8 @@ __all__ = ["FrozenDict", "Module", "field", "is_array", "is_module"]
 _FROZEN = "__stoax_frozen__"  # instance flag: set once construction is over
 _FLAT = "__stoax_flat__"  # instance cache: (children, aux) -- valid because instances are immutable
 _TRAINABLE = "trainable"  # key of the field metadata that marks non-trainable arrays
+_CONVERTER = "converter"  # key of the field metadata that holds stoax.field(converter=...)
+_CONVERTERS = "__stoax_converters__"  # class attribute: {field name: converter}, set per class
 
 
 def is_array(x: Any) -> bool:
@@ -54,6 +62,7 @@ def is_module(x: Any) -> bool:
 def field(
     *,
     trainable: bool = True,
+    converter: Callable[[Any], Any] | None = None,
     default: Any = dataclasses.MISSING,
     default_factory: Callable[[], Any] | Any = dataclasses.MISSING,
     **kwargs: Any,
@@ -64,6 +73,14 @@ def field(
     rate given as an array, running statistics. :func:`stoax.partition` never puts them on the
     parameter side, so an optimiser never updates them.
 
+    ``converter`` is applied to every value the field is given at construction: after the
+    ``__init__`` (generated or hand-written; the default too) and, in :meth:`Module.replace`
+    (so :func:`stoax.replace_at`, :func:`stoax.set_mode`), to the fields that are replaced --
+    before ``__check_init__`` sees them. It is not applied when JAX rebuilds a module from its
+    leaves (``jax.tree.map``, ``jax.jit``), where a leaf may be a tracer or ``None``. A field
+    annotated ``jax.Array`` (or ``jax.Array | None``) needs no converter to turn a Python number
+    into an array leaf: see :class:`Module`.
+
     Example:
         >>> import jax, jax.numpy as jnp, stoax
         >>> class Noisy(stoax.Module):
@@ -73,12 +90,79 @@ def field(
         >>> params, rest = stoax.partition(Noisy(jnp.zeros(2)))
         >>> params.scale is None, rest.weight is None
         (True, True)
+        >>> class Tagged(stoax.Module):
+        ...     tags: tuple = stoax.field(converter=lambda t: tuple(sorted(t)), default=())
+        >>> Tagged(["b", "a"]).tags, Tagged().replace(tags={"z", "y"}).tags
+        (('a', 'b'), ('y', 'z'))
     """
+    if converter is not None and not callable(converter):
+        raise TypeError(f"stoax.field: converter must be callable, got {converter!r}.")
     metadata = dict(kwargs.pop("metadata", None) or {})
     metadata[_TRAINABLE] = trainable
+    if converter is not None:
+        metadata[_CONVERTER] = converter
     return dataclasses.field(
         default=default, default_factory=default_factory, metadata=metadata, **kwargs
     )
+
+
+# Annotations that say "this field is an array": a Python number given to such a field becomes a
+# JAX array (a leaf that jax.grad sees), not static metadata. Matched on the annotation's text
+# (``from __future__ import annotations`` leaves it a string) or on the type itself.
+_ARRAY_ANNOTATIONS = frozenset({"jax.Array", "Array", "jnp.ndarray", "jax.numpy.ndarray"})
+
+
+def _is_array_annotation(annotation: Any) -> bool:
+    """True for ``jax.Array`` and ``jax.Array | None`` (or ``Optional[jax.Array]``); False for
+    unions that admit a Python value (``float | jax.Array``: a static rate or a traced one) and
+    for ``ArrayLike``, which admits Python numbers by definition."""
+    if isinstance(annotation, str):
+        parts = [p.strip() for p in annotation.split("|")]
+        if len(parts) == 1 and parts[0].startswith(("Optional[", "typing.Optional[")):
+            parts = [parts[0][parts[0].index("[") + 1 : -1].strip(), "None"]
+        arrays = [p for p in parts if p != "None"]
+        return bool(arrays) and all(p in _ARRAY_ANNOTATIONS for p in arrays)
+    if annotation is jax.Array:
+        return True
+    args = typing.get_args(annotation)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return bool(rest) and all(a is jax.Array for a in rest)
+    return False
+
+
+def _python_numbers(value: Any) -> bool:
+    """A Python number (bool included), or a non-empty list/tuple nest of them."""
+    if isinstance(value, bool | int | float | complex):
+        return True
+    if isinstance(value, list | tuple) and value and not hasattr(value, "_fields"):
+        return all(_python_numbers(v) for v in value)
+    return False
+
+
+def _to_array(value: Any) -> Any:
+    """The converter of array-annotated fields: Python numbers become a JAX array (a leaf, so
+    trainable and differentiated); anything else -- an array, ``None``, a tracer -- is kept.
+    The array has JAX's default dtype for the numbers (f32, i32), not a weak type: a parameter's
+    dtype must not change at its first optimiser update (which would recompile the step)."""
+    if not _python_numbers(value):
+        return value
+    return jnp.asarray(value, dtype=jnp.asarray(value).dtype)
+
+
+def _converters(cls: type) -> dict[str, Callable[[Any], Any]]:
+    """``{field name: converter}`` of a module class: ``field(converter=...)``, else the array
+    conversion for a field annotated ``jax.Array``. Computed once per class."""
+    found = cls.__dict__.get(_CONVERTERS)
+    if found is None:
+        found = {}
+        for f in dataclasses.fields(cls):
+            if _CONVERTER in f.metadata:
+                found[f.name] = f.metadata[_CONVERTER]
+            elif _is_array_annotation(f.type):
+                found[f.name] = _to_array
+        setattr(cls, _CONVERTERS, found)
+    return found
 
 
 class _StaticLeaf:
@@ -261,9 +345,16 @@ def thaw(value: Any) -> Any:
     return value
 
 
-def _finish(module: Module) -> None:
-    """The end of every construction -- ``__init__`` and :meth:`Module.replace`: run the class's
-    ``__check_init__``, freeze static containers, freeze the instance."""
+def _finish(module: Module, changed: Iterable[str] | None = None) -> None:
+    """The end of every construction -- ``__init__`` and :meth:`Module.replace`: convert the
+    fields given a value (all after ``__init__``; the ``changed`` ones after ``replace``), run
+    the class's ``__check_init__``, freeze static containers, freeze the instance."""
+    converters = _converters(type(module))
+    for name in converters if changed is None else changed:
+        convert = converters.get(name)
+        value = module.__dict__.get(name, dataclasses.MISSING)
+        if convert is not None and value is not dataclasses.MISSING:
+            object.__setattr__(module, name, convert(value))
     check = getattr(module, "__check_init__", None)
     if check is not None:
         check()
@@ -318,6 +409,16 @@ class Module(metaclass=_ModuleMeta):
     check. Static fields are frozen: a list becomes a tuple, a dict a :class:`FrozenDict`, a set
     a frozenset -- equal modules always mean equal compiled programs.
 
+    **A field's value decides its role**, with one rule for the annotation: a field annotated
+    ``jax.Array`` (also ``jax.Array | None``, ``jnp.ndarray``) that is given a Python number or a
+    list of numbers -- ``scale: jax.Array = 1.0`` -- holds ``jnp.asarray(value)``: a leaf, so
+    trainable and differentiated, as the annotation says. (Kept as a Python float it would be
+    static: ``jax.grad`` would return no gradient for it and an optimiser would never move it.)
+    A union that admits a Python value -- ``rate: float | jax.Array`` -- keeps a Python number
+    static, as does ``ArrayLike``. For other conversions give the field a
+    ``stoax.field(converter=...)``; conversions run before ``__check_init__``, on the values
+    given to ``__init__`` and the fields changed by :meth:`replace`.
+
     Example:
         >>> import jax.numpy as jnp, stoax
         >>> class Affine(stoax.Module):
@@ -330,6 +431,12 @@ class Module(metaclass=_ModuleMeta):
         Affine(weight=f32[2,2], bias=f32[2])
         >>> m.replace(bias=jnp.ones(2))(jnp.zeros(2))
         Array([1., 1.], dtype=float32)
+        >>> class Gain(stoax.Module):
+        ...     scale: jax.Array = 1.0  # annotated as an array: becomes a trainable leaf
+        ...     def __call__(self, x, *, key=None):
+        ...         return self.scale * x
+        >>> jax.grad(lambda m: m(3.0))(Gain()).scale
+        Array(3., dtype=float32)
     """
 
     def __init_subclass__(cls, **kwargs: Any):
@@ -373,7 +480,7 @@ class Module(metaclass=_ModuleMeta):
         object.__setattr__(module, _FROZEN, False)
         for name in names:
             object.__setattr__(module, name, changes.get(name, self.__dict__[name]))
-        _finish(module)
+        _finish(module, changed=changes)
         return module
 
     def __repr__(self) -> str:
