@@ -106,3 +106,17 @@ def test_from_members_and_errors(ensemble):
         ensemble[K]
     with pytest.raises(ValueError, match="leading axis must have size"):
         stoax.nn.Ensemble(make(jax.random.key(0)), size=K)
+
+
+def test_indexing_slices_and_refusals_follow_stack(ensemble):
+    """Stack and Ensemble share one container (transforms/_stacked.Copies): a slice is a smaller
+    ensemble with the same options; non-int indices and non-module members are refused."""
+    sub = ensemble.replace(in_axes=0)[1:3]
+    assert isinstance(sub, stoax.nn.Ensemble) and len(sub) == 2 and sub.in_axes == 0
+    assert sub[0] == ensemble[1] and sub[-1] == ensemble[2]
+    with pytest.raises(IndexError, match="no member -5"):
+        ensemble[-K - 1]
+    with pytest.raises(TypeError, match="indices are ints or slices"):
+        ensemble["0"]
+    with pytest.raises(TypeError, match="members must be a stoax.Module.*from_members"):
+        stoax.nn.Ensemble({"w": jnp.ones((K, 2))}, size=K)

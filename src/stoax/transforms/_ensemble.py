@@ -3,32 +3,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stoax import keys
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field, thaw
 from stoax._state import apply, updates_state
-from stoax.transforms._stacked import (
-    build_copies,
-    copy_repr,
-    infer_length,
-    leaf_paths,
-    split,
-    stack_copies,
-)
+from stoax.transforms._stacked import Copies, split
 
 __all__ = ["Ensemble"]
 
 InAxes = int | None | Sequence[Any] | dict[Any, Any]
 
 
-class Ensemble(Module):
+class Ensemble(Copies):
     """``k`` independently initialised members of one architecture, evaluated with ``jax.vmap``.
 
     Member ``m`` is called with ``key=stoax.keys.child(key, m)``, so its dropout masks are its own
@@ -42,6 +34,7 @@ class Ensemble(Module):
             (bootstrapped data, per-member observations). Any ``jax.vmap`` ``in_axes`` spec for
             ``x`` is accepted.
 
+    ``ensemble[m]`` is member ``m`` as a plain module, ``ensemble[a:b]`` a smaller ensemble.
     As with :class:`~stoax.nn.Stack`, arrays that appear after construction (the scalar flag
     of ``stoax.set_mode(ensemble, jnp.asarray(True))``) are shared by all members.
 
@@ -62,6 +55,8 @@ class Ensemble(Module):
     in_axes: Any = None
     stacked: frozenset[str] = field(default=frozenset(), repr=False)
 
+    _block_field, _count_field, _noun, _from_name = "members", "size", "member", "from_members"
+
     def __init__(
         self,
         members: Module,
@@ -70,13 +65,8 @@ class Ensemble(Module):
         in_axes: InAxes = None,
         stacked: frozenset[str] | None = None,
     ):
-        self.members = members
-        self.stacked = leaf_paths(members) if stacked is None else frozenset(stacked)
-        self.size = (
-            int(size) if size is not None else infer_length(members, self.stacked, "Ensemble")
-        )
+        self._init_copies(members, size, stacked)
         self.in_axes = _hashable(in_axes)
-        split(members, self.stacked, self.size, "Ensemble")
 
     @classmethod
     def build(
@@ -84,32 +74,15 @@ class Ensemble(Module):
     ) -> Ensemble:
         """``k`` members built by ``make(key)`` under ``jax.vmap``; member ``m`` is initialised
         with ``stoax.keys.init_child(key, m)``."""
-        block, stacked = build_copies(make, k, key, "Ensemble.build")
-        return cls(block, size=k, in_axes=in_axes, stacked=stacked)
+        return cls._built(make, k, key, in_axes=in_axes)
 
     @classmethod
     def from_members(cls, members: Sequence[Module], *, in_axes: InAxes = None) -> Ensemble:
         """An ensemble of existing modules, which must share structure and static fields."""
-        block, stacked = stack_copies(members, "Ensemble.from_members")
-        return cls(block, size=len(members), in_axes=in_axes, stacked=stacked)
+        return cls._from_blocks(members, in_axes=in_axes)
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, m: int) -> Module:
-        """Member ``m`` as a plain module."""
-        if isinstance(m, bool) or not isinstance(m, int | np.integer):
-            raise TypeError(f"Ensemble members are indexed by int, got {type(m).__name__}.")
-        if not -self.size <= m < self.size:
-            raise IndexError(f"Ensemble of {self.size} members: no member {m}.")
-        return split(self.members, self.stacked, self.size, "Ensemble").index(int(m) % self.size)
-
-    def __iter__(self) -> Iterator[Module]:
-        return (self[m] for m in range(self.size))
-
-    def __repr__(self) -> str:
-        extra = "" if self.in_axes is None else f", in_axes={self.in_axes!r}"
-        return f"Ensemble({self.size} x {copy_repr(self.members, self.stacked)}{extra})"
+    def _repr_options(self) -> list[tuple[str, Any]]:
+        return [] if self.in_axes is None else [("in_axes", self.in_axes)]
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
         """Every member's output, stacked on a new leading axis. ``kwargs`` go to every member

@@ -7,33 +7,23 @@ activations between layers are kept for the backward pass.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stoax import keys
 from stoax._edit import map_modules
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
 from stoax._state import apply, updates_state
-from stoax.transforms._stacked import (
-    build_copies,
-    check_remat,
-    check_unroll,
-    copy_repr,
-    infer_length,
-    leaf_paths,
-    split,
-    stack_copies,
-)
+from stoax.transforms._stacked import Copies, check_remat, check_unroll, split
 
 __all__ = ["Stack"]
 
 
-class Stack(Module):
+class Stack(Copies):
     """``n`` layers of one block, applied in order with ``lax.scan``.
 
     Every array of the block carries a leading axis of size ``n`` (layer ``i`` is slice ``i``);
@@ -78,6 +68,8 @@ class Stack(Module):
     unroll: int | bool = 1
     stacked: frozenset[str] = field(default=frozenset(), repr=False)
 
+    _block_field, _count_field, _noun, _from_name = "layers", "length", "layer", "from_layers"
+
     def __init__(
         self,
         layers: Module,
@@ -87,24 +79,14 @@ class Stack(Module):
         unroll: int | bool = 1,
         stacked: frozenset[str] | None = None,
     ):
-        self.layers = layers
-        self.stacked = leaf_paths(layers) if stacked is None else frozenset(stacked)
-        self.length = (
-            int(length) if length is not None else infer_length(layers, self.stacked, "Stack")
-        )
+        self._init_copies(layers, length, stacked)
         self.remat = remat
         self.unroll = unroll
 
     def __check_init__(self) -> None:
-        if not isinstance(self.layers, Module):
-            raise TypeError(
-                f"Stack: layers must be a stoax.Module (one block whose arrays have the leading "
-                f"layer axis), got {type(self.layers).__name__}. Use Stack.build or "
-                "Stack.from_layers."
-            )
         self.remat = check_remat(self.remat, "Stack")
         self.unroll = check_unroll(self.unroll, "Stack")
-        split(self.layers, self.stacked, self.length, "Stack")  # check every leading axis now
+        super().__check_init__()
 
     @classmethod
     def build(
@@ -119,8 +101,7 @@ class Stack(Module):
         """``n`` layers built by ``make(key)`` under ``jax.vmap``; layer ``i`` gets the init key
         ``stoax.keys.init_child(key, i)``. ``make`` runs once (traced), so it must not branch on its
         key; static choices are shared by all layers."""
-        block, stacked = build_copies(make, n, key, "Stack.build")
-        return cls(block, length=n, remat=remat, unroll=unroll, stacked=stacked)
+        return cls._built(make, n, key, remat=remat, unroll=unroll)
 
     @classmethod
     def from_layers(
@@ -131,43 +112,14 @@ class Stack(Module):
         unroll: int | bool = 1,
     ) -> Stack:
         """A stack of existing blocks, which must share their structure and static fields."""
-        block, stacked = stack_copies(layers, "Stack.from_layers")
-        return cls(block, length=len(layers), remat=remat, unroll=unroll, stacked=stacked)
+        return cls._from_blocks(layers, remat=remat, unroll=unroll)
 
-    def __len__(self) -> int:
-        return self.length
-
-    def __getitem__(self, i: int | slice) -> Module:
-        """Layer ``i`` as a plain block; a slice gives a shorter ``Stack``."""
-        parts = split(self.layers, self.stacked, self.length, "Stack")
-        if isinstance(i, slice):
-            picked = range(self.length)[i]
-            if not picked:
-                raise IndexError(f"Stack of {self.length} layers: the slice {i} selects none.")
-            block = parts.rebuild([x[i] for x in parts.stacked])
-            return Stack(
-                block,
-                length=len(picked),
-                remat=self.remat,
-                unroll=self.unroll,
-                stacked=self.stacked,
-            )
-        if isinstance(i, bool) or not isinstance(i, int | np.integer):
-            raise TypeError(f"Stack indices are ints or slices, got {type(i).__name__}.")
-        if not -self.length <= i < self.length:
-            raise IndexError(f"Stack of {self.length} layers: no layer {i}.")
-        return parts.index(int(i) % self.length)
-
-    def __iter__(self) -> Iterator[Module]:
-        return (self[i] for i in range(self.length))
-
-    def __repr__(self) -> str:
-        extra = "".join(
-            f", {name}={value!r}"
+    def _repr_options(self) -> list[tuple[str, Any]]:
+        return [
+            (name, value)
             for name, value, default in (("remat", self.remat, False), ("unroll", self.unroll, 1))
             if value is not default
-        )
-        return f"Stack({self.length} x {copy_repr(self.layers, self.stacked)}{extra})"
+        ]
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
         """Apply the layers in order. ``kwargs`` (an attention mask, ...) go to every layer."""

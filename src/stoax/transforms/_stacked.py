@@ -11,7 +11,7 @@ copies share and a per-copy scalar unambiguous.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
@@ -22,6 +22,7 @@ from stoax import keys
 from stoax._module import Module, is_module
 
 __all__ = [
+    "Copies",
     "leaf_paths",
     "Split",
     "split",
@@ -178,3 +179,97 @@ def copy_repr(block: Any, stacked: frozenset[str]) -> str:
     ]
     one = jax.tree.unflatten(treedef, leaves)
     return pformat(one) if isinstance(one, Module) else repr(one)
+
+
+class Copies(Module):
+    """The container part that :class:`~stoax.nn.Stack` and :class:`~stoax.nn.Ensemble` share:
+    one block whose recorded arrays carry a leading axis of copies, built with
+    :func:`build_copies` or :func:`stack_copies`, indexed, iterated and shown copy by copy.
+
+    A subclass declares its fields -- the block, the number of copies, ``stacked`` (the recorded
+    paths) and its own options -- and names them in three class attributes, so that each keeps
+    the words of its domain (a stack's *layers*, an ensemble's *members*) in its fields and its
+    messages while the rules live here once. Its ``__init__`` calls :meth:`_init_copies`.
+    """
+
+    # Not annotated: class attributes, not dataclass fields.
+    _block_field = ""  # the field that holds the block ("layers", "members")
+    _count_field = ""  # the field that holds the number of copies ("length", "size")
+    _noun = ""  # one copy, in messages ("layer", "member")
+    _from_name = ""  # the classmethod that stacks existing blocks ("from_layers")
+
+    def _init_copies(self, block: Any, count: int | None, stacked: frozenset[str] | None) -> None:
+        """Set the block, the recorded paths (all of the block's leaves unless given) and the
+        number of copies (read off the leading axes unless given)."""
+        name = type(self).__name__
+        setattr(self, self._block_field, block)
+        self.stacked = leaf_paths(block) if stacked is None else frozenset(stacked)
+        count = int(count) if count is not None else infer_length(block, self.stacked, name)
+        setattr(self, self._count_field, count)
+
+    def __check_init__(self) -> None:
+        name, block = type(self).__name__, self._block
+        if not isinstance(block, Module):
+            raise TypeError(
+                f"{name}: {self._block_field} must be a stoax.Module (one block whose arrays "
+                f"have the leading {self._noun} axis), got {type(block).__name__}. Use "
+                f"{name}.build or {name}.{self._from_name}."
+            )
+        self._parts()  # check every leading axis now, not at the first call
+
+    @property
+    def _block(self) -> Any:
+        return getattr(self, self._block_field)
+
+    @property
+    def _count(self) -> int:
+        return getattr(self, self._count_field)
+
+    def _parts(self) -> Split:
+        return split(self._block, self.stacked, self._count, type(self).__name__)
+
+    @classmethod
+    def _built(
+        cls, make: Callable[[jax.Array], Any], n: int, key: jax.Array, **options: Any
+    ) -> Any:
+        """``cls.build``: ``n`` copies made by ``make`` (see :func:`build_copies`)."""
+        block, stacked = build_copies(make, n, key, f"{cls.__name__}.build")
+        return cls(block, stacked=stacked, **{cls._count_field: n}, **options)
+
+    @classmethod
+    def _from_blocks(cls, blocks: Sequence[Any], **options: Any) -> Any:
+        """``cls.from_layers`` / ``from_members``: existing blocks of one structure, stacked."""
+        blocks = list(blocks)
+        block, stacked = stack_copies(blocks, f"{cls.__name__}.{cls._from_name}")
+        return cls(block, stacked=stacked, **{cls._count_field: len(blocks)}, **options)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, i: int | slice) -> Any:
+        """Copy ``i`` as a plain block; a slice gives a shorter container of the same kind."""
+        name, n, noun = type(self).__name__, self._count, self._noun
+        parts = self._parts()
+        if isinstance(i, slice):
+            picked = range(n)[i]
+            if not picked:
+                raise IndexError(f"{name} of {n} {noun}s: the slice {i} selects none.")
+            block = parts.rebuild([x[i] for x in parts.stacked])
+            return self.replace(**{self._block_field: block, self._count_field: len(picked)})
+        if isinstance(i, bool) or not isinstance(i, int | np.integer):
+            raise TypeError(f"{name} indices are ints or slices, got {type(i).__name__}.")
+        if not -n <= i < n:
+            raise IndexError(f"{name} of {n} {noun}s: no {noun} {i}.")
+        return parts.index(int(i) % n)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(self._count))
+
+    def _repr_options(self) -> list[tuple[str, Any]]:
+        """``(name, value)`` of the options that differ from their defaults, for the repr."""
+        return []
+
+    def __repr__(self) -> str:
+        extra = "".join(f", {name}={value!r}" for name, value in self._repr_options())
+        one = copy_repr(self._block, self.stacked)
+        return f"{type(self).__name__}({self._count} x {one}{extra})"
