@@ -26,7 +26,7 @@ from stoax._edit import map_layers
 from stoax._module import Module
 from stoax._peer_layers import is_peer_layer, set_peer_mode
 
-__all__ = ["set_mode", "train_mode", "eval_mode", "check_training_flag"]
+__all__ = ["set_mode", "train_mode", "eval_mode", "check_training_flag", "has_training_field"]
 
 M = TypeVar("M")
 
@@ -43,7 +43,9 @@ def check_training_flag(training: object, where: str) -> bool | jax.Array:
     )
 
 
-def _has_training_field(module: Module) -> bool:
+def has_training_field(module: Module) -> bool:
+    """True for a stochastic layer: a module with a ``training`` field, which :func:`set_mode`
+    sets (``stoax.scan(training=...)`` uses it to check that a step holds one)."""
     return any(f.name == "training" for f in dataclasses.fields(module))
 
 
@@ -54,7 +56,7 @@ def set_mode(model: M, training: bool | jax.Array) -> M:
     field set to ``not training``."""
     flag = check_training_flag(training, "stoax.set_mode")
     return map_layers(
-        lambda m: m.replace(training=flag) if _has_training_field(m) else m,
+        lambda m: m.replace(training=flag) if has_training_field(m) else m,
         model,
         peer_fn=lambda layer: set_peer_mode(layer, flag),
         is_peer=is_peer_layer,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from stoax import keys
 from stoax._edit import map_modules
-from stoax._mode import _has_training_field, check_training_flag, set_mode
+from stoax._mode import check_training_flag, has_training_field, set_mode
 from stoax.transforms._stacked import check_remat
 
 __all__ = ["scan"]
@@ -115,7 +115,7 @@ def _set_training(f: Any, training: bool | jax.Array) -> Any:
     found: list[Any] = []
 
     def note(m: Any) -> Any:
-        if _has_training_field(m):
+        if has_training_field(m):
             found.append(m)
         return m
 

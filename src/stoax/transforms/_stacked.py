@@ -7,6 +7,9 @@ a rate replaced by an array -- is not on the record and is shared by every copy:
 over by ``lax.scan`` / given ``in_axes=None`` by ``jax.vmap``, never sliced as if it had the axis.
 Recording paths rather than guessing from shapes is what makes a length-``n`` vector that all
 copies share and a per-copy scalar unambiguous.
+
+:class:`Copies` is the container both classes derive from; :func:`check_remat` and
+:func:`check_unroll` are the option checks of every scan of the package (``stoax.scan`` too).
 """
 
 from __future__ import annotations
