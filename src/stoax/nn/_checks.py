@@ -6,14 +6,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from stoax import keys
 from stoax._errors import LayerError, LayerTypeError
+from stoax._strength import check_strength
 from stoax.random._dropout import check_rate
 
 __all__ = [
     "MissingKeyError",
     "check_rate",
+    "check_stddev",
     "require_float",
     "need_key",
     "is_identity",
@@ -27,6 +30,21 @@ class MissingKeyError(LayerError, ValueError):
 
     The message names the layer by its place in the model (``TransformerEncoder.embed_dropout``)
     and says what to pass."""
+
+
+def check_stddev(stddev: Any, where: str) -> float | jax.Array:
+    """A noise's standard deviation: a finite Python number >= 0 (returned as a float), or a
+    floating array whose concrete values are finite and >= 0 -- the rule of :func:`check_rate`
+    with another range."""
+    return check_strength(
+        stddev,
+        where,
+        "stddev",
+        valid=lambda s: (s >= 0) & np.isfinite(s),  # False for NaN and inf
+        one="a finite number >= 0",
+        each="finite and >= 0",
+        meaning="the noise's standard deviation",
+    )
 
 
 def require_float(x: Any, layer: Any) -> None:

@@ -2,48 +2,14 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from stoax._mode import check_training_flag
 from stoax._module import Module, field
-from stoax.nn._checks import by_mode, draw_key, is_identity
+from stoax.nn._checks import by_mode, check_stddev, draw_key, is_identity
 
 __all__ = ["GaussianNoise"]
-
-
-def _check_stddev(stddev: Any) -> float | jax.Array:
-    if isinstance(stddev, bool):
-        raise TypeError(f"GaussianNoise: stddev must be a number >= 0, got the bool {stddev}.")
-    if isinstance(stddev, int | float | np.integer | np.floating):
-        stddev = float(stddev)
-        if not 0.0 <= stddev < math.inf:  # also refuses NaN
-            raise ValueError(
-                f"GaussianNoise: stddev must be a finite number >= 0 (the noise's standard "
-                f"deviation), got {stddev}."
-            )
-        return stddev
-    if hasattr(stddev, "dtype"):
-        if not jnp.issubdtype(stddev.dtype, jnp.floating):
-            raise TypeError(
-                f"GaussianNoise: stddev must be a floating array, got dtype {stddev.dtype}."
-            )
-        if not isinstance(stddev, jax.core.Tracer):
-            values = np.asarray(stddev)
-            if values.size and not ((values >= 0) & np.isfinite(values)).all():
-                raise ValueError(
-                    f"GaussianNoise: every stddev must be finite and >= 0, got "
-                    f"{np.nanmin(values)} .. {np.nanmax(values)}"
-                    f"{' and NaN' if np.isnan(values).any() else ''}."
-                )
-        return stddev
-    raise TypeError(
-        f"GaussianNoise: stddev must be a float or a JAX array, got {type(stddev).__name__}."
-    )
 
 
 class GaussianNoise(Module):
@@ -67,7 +33,7 @@ class GaussianNoise(Module):
     training: bool | jax.Array = field(default=True, kw_only=True)
 
     def __check_init__(self):
-        self.stddev = _check_stddev(self.stddev)
+        self.stddev = check_stddev(self.stddev, "GaussianNoise")
         self.training = check_training_flag(self.training, "GaussianNoise")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:

@@ -63,6 +63,8 @@ import numpy as np
 from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
+from stoax._strength import check_strength
+
 __all__ = [
     "dropout",
     "dropout_then",
@@ -520,29 +522,15 @@ def check_rate(rate: Any, where: str) -> float | jax.Array:
     """A dropout rate: a Python number in [0, 1] (returned as a float), or a floating JAX/NumPy
     array whose concrete values are in [0, 1] (a traced one is checked at run time: NaN output,
     see the module docstring)."""
-    if isinstance(rate, bool | np.bool_):
-        raise TypeError(f"{where}: rate must be a number in [0, 1], got the bool {rate}.")
-    if isinstance(rate, int | float | np.floating | np.integer):
-        rate = float(rate)
-        if not 0.0 <= rate <= 1.0:  # also refuses NaN
-            raise ValueError(
-                f"{where}: rate must be in [0, 1] (the probability of dropping), got {rate}."
-            )
-        return rate
-    if hasattr(rate, "dtype") and hasattr(rate, "shape"):
-        if not jnp.issubdtype(rate.dtype, jnp.floating):
-            raise TypeError(f"{where}: rate must be a floating array, got dtype {rate.dtype}.")
-        if not isinstance(rate, jax.core.Tracer):
-            values = np.asarray(rate)
-            if values.size and not ((values >= 0) & (values <= 1)).all():
-                raise ValueError(
-                    f"{where}: every rate must be in [0, 1] (the probability of dropping), got "
-                    f"{np.nanmin(values) if not np.isnan(values).all() else 'nan'} .. "
-                    f"{np.nanmax(values) if not np.isnan(values).all() else 'nan'}"
-                    f"{' and NaN' if np.isnan(values).any() else ''}."
-                )
-        return rate
-    raise TypeError(f"{where}: rate must be a float or a JAX array, got {type(rate).__name__}.")
+    return check_strength(
+        rate,
+        where,
+        "rate",
+        valid=lambda r: (r >= 0) & (r <= 1),  # False for NaN
+        one="in [0, 1]",
+        each="in [0, 1]",
+        meaning="the probability of dropping",
+    )
 
 
 def _check_input(x: Any, where: str) -> jax.Array:
