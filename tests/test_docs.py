@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import traceback
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,23 +106,30 @@ def _page_id(path: Path) -> str:
 def run_page(path: Path) -> int:
     """Run the page's blocks in one namespace; returns how many ran. Raises on the first failure."""
     text = path.read_text(encoding="utf-8")
-    namespace: dict = {"__name__": f"docs_{path.stem.replace('-', '_')}"}
+    # The page runs as a script does: in a module registered in sys.modules (dataclasses looks
+    # a class's module up there to read annotations such as ``rate: float | jax.Array``).
+    page_module = types.ModuleType(f"docs_{path.stem.replace('-', '_')}")
+    namespace: dict = page_module.__dict__
+    sys.modules[page_module.__name__] = page_module
     ran = 0
-    for block in python_blocks(text):
-        if block.skip:
-            continue
-        # Pad with newlines so that tracebacks show the Markdown file's own line numbers.
-        source = "\n" * (block.line - 1) + block.code
-        try:
-            exec(compile(source, str(path), "exec"), namespace)
-        except Exception as error:
-            first = next((ln for ln in block.code.splitlines() if ln.strip()), "")
-            raise AssertionError(
-                f"{_page_id(path)}: python block {block.number} (line {block.line}, "
-                f"starting {first!r}) failed with {type(error).__name__}: {error}\n\n"
-                + "".join(traceback.format_exception(error))
-            ) from None
-        ran += 1
+    try:
+        for block in python_blocks(text):
+            if block.skip:
+                continue
+            # Pad with newlines so that tracebacks show the Markdown file's own line numbers.
+            source = "\n" * (block.line - 1) + block.code
+            try:
+                exec(compile(source, str(path), "exec"), namespace)
+            except Exception as error:
+                first = next((ln for ln in block.code.splitlines() if ln.strip()), "")
+                raise AssertionError(
+                    f"{_page_id(path)}: python block {block.number} (line {block.line}, "
+                    f"starting {first!r}) failed with {type(error).__name__}: {error}\n\n"
+                    + "".join(traceback.format_exception(error))
+                ) from None
+            ran += 1
+    finally:
+        sys.modules.pop(page_module.__name__, None)
     return ran
 
 
