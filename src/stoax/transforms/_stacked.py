@@ -15,7 +15,7 @@ copies share and a per-copy scalar unambiguous.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -237,14 +237,14 @@ class Copies(Module):
     ) -> Any:
         """``cls.build``: ``n`` copies made by ``make`` (see :func:`build_copies`)."""
         block, stacked = build_copies(make, n, key, f"{cls.__name__}.build")
-        return cls(block, stacked=stacked, **{cls._count_field: n}, **options)
+        return cast(Any, cls)(block, stacked=stacked, **{cls._count_field: n}, **options)
 
     @classmethod
     def _from_blocks(cls, blocks: Sequence[Any], **options: Any) -> Any:
         """``cls.from_layers`` / ``from_members``: existing blocks of one structure, stacked."""
         blocks = list(blocks)
         block, stacked = stack_copies(blocks, f"{cls.__name__}.{cls._from_name}")
-        return cls(block, stacked=stacked, **{cls._count_field: len(blocks)}, **options)
+        return cast(Any, cls)(block, stacked=stacked, **{cls._count_field: len(blocks)}, **options)
 
     def __len__(self) -> int:
         return self._count
