@@ -468,7 +468,9 @@ class Module(metaclass=_ModuleMeta):
 
     def replace(self, **changes: Any) -> Module:
         """A copy of this module with some fields changed (``dataclasses.replace`` for modules,
-        also for modules with a hand-written ``__init__``)."""
+        also for modules with a hand-written ``__init__``). The changed fields are converted as
+        at construction (``stoax.field(converter=...)``, a Python number in a ``jax.Array``
+        field), then ``__check_init__`` runs."""
         names = {f.name for f in dataclasses.fields(self)}
         unknown = set(changes) - names
         if unknown:
