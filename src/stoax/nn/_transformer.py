@@ -158,8 +158,10 @@ class TransformerEncoder(Module):
     blocks in one ``lax.scan`` (compile time flat in depth); ``unroll=True`` puts one copy of
     the block per layer in the program, which compiles in time that grows with depth but, for a
     few layers, runs a training step faster on CPU and with less temporary memory (the scan
-    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Every layer gets the
-    same key, hence the same mask, either way.
+    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Either way layer
+    ``i`` derives its own key, ``child(child(key, "blocks"), i)``, inside the loop, so every
+    layer draws different masks -- and each layer's masks are the same with or without
+    ``unroll``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
