@@ -36,7 +36,7 @@ class Dropout(Module):
 
     rate: float | jax.Array = field(trainable=False, default=0.5)
     broadcast_dims: tuple[int, ...] = ()
-    training: bool | jax.Array = True
+    training: bool | jax.Array = field(default=True, kw_only=True)
 
     def __check_init__(self):
         self.rate = check_rate(self.rate, "Dropout")

@@ -53,10 +53,10 @@ class LayerNorm(Module):
     def __init__(
         self,
         features: int,
-        *,
         eps: float = 1e-6,
         use_scale: bool = True,
         use_bias: bool = True,
+        *,
         dtype: jnp.dtype = jnp.float32,
         key: jax.Array | None = None,  # accepted for uniformity: the initialisation is fixed
     ):

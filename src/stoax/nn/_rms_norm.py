@@ -34,8 +34,8 @@ class RMSNorm(Module):
     def __init__(
         self,
         features: int,
-        *,
         eps: float = 1e-6,
+        *,
         dtype: jnp.dtype = jnp.float32,
         key: jax.Array | None = None,  # accepted for uniformity: the initialisation is fixed
     ):

@@ -65,7 +65,6 @@ class Ensemble(Module):
     def __init__(
         self,
         members: Module,
-        *,
         size: int | None = None,
         in_axes: InAxes = None,
         stacked: frozenset[str] | None = None,

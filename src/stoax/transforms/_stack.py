@@ -81,7 +81,6 @@ class Stack(Module):
     def __init__(
         self,
         layers: Module,
-        *,
         length: int | None = None,
         remat: bool | Callable[..., bool] = False,
         unroll: int | bool = 1,
@@ -338,6 +337,6 @@ class Unstacked(Module):
 
 
 def unstack(model: Any) -> Any:
-    """``model`` with every :class:`Stack` in it replaced by its :class:`Unstacked` layers
-    (same layers, same keys)."""
+    """``model`` with every :class:`Stack` in it replaced by its :class:`Unstacked` layers:
+    the same weights, and layer ``i`` gets the key it gets in the stack, ``child(key, i)``."""
     return map_modules(lambda m: Unstacked(tuple(m)) if isinstance(m, Stack) else m, model)
