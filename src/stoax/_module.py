@@ -6,6 +6,12 @@ callable, ``None`` -- is static metadata stored in the tree definition. So plain
 ``jax.grad``, ``jax.vmap`` and optax see only arrays, and a dropout rate given as a Python float
 stays a Python float inside traced code.
 
+Subclassing does two more things (see :class:`Module`): the subclass's own ``__call__`` is
+wrapped, so that an error raised by a layer deep inside a model names the layer's path and layers
+are named in compiled programs -- the wrapper keeps the ``__call__``'s signature, docstring and
+source; and an instance caches its flattening in its ``__dict__``, which is sound because an
+instance never changes once built.
+
 Example:
     >>> import jax, jax.numpy as jnp, stoax
     >>> class Scale(stoax.Module):
@@ -317,6 +323,22 @@ class Module(metaclass=_ModuleMeta):
     frozen right after it). Rebuilding from a pytree (``jax.tree.map``, ``jax.jit``) runs no
     check. Static fields are frozen: a list becomes a tuple, a dict a :class:`FrozenDict`, a set
     a frozenset -- equal modules always mean equal compiled programs.
+
+    **What subclassing does.** A subclass's own ``__call__`` is wrapped, twice: an error about
+    a layer (:class:`~stoax.nn.MissingKeyError`, a wrong input shape) passing through the call
+    gains the field path of the layer, so it reads ``TransformerEncoder.blocks.layers.attn...``
+    rather than a bare ``Dropout(rate=0.1)``; and the call runs inside
+    ``jax.named_scope(<class name>)``, which names the layer in HLO dumps and profiles (and lets
+    :func:`stoax.tabulate` see each call). The wrappers use ``functools.wraps``: the
+    ``__call__`` keeps its name, docstring and annotations, ``__wrapped__`` leads to the function
+    you wrote, and ``inspect.signature``, ``inspect.getsource`` and ``help()`` show yours. An
+    inherited ``__call__`` is wrapped once, in the class that defines it.
+
+    **Cached flattening.** A module stores its flattened form (children and tree definition) in
+    the instance ``__dict__`` (key ``"__stoax_flat__"``) the first time it is flattened --
+    construction does it -- so ``jax.jit`` and ``jax.tree`` functions do not walk the fields
+    again. This is sound because instances are immutable; write fields only through the
+    ``__init__``, :meth:`replace` or :func:`stoax.replace_at`, never through ``__dict__``.
 
     Example:
         >>> import jax.numpy as jnp, stoax
