@@ -217,3 +217,62 @@ def test_interop_drop_ins_keep_their_peer_signature(pair):
             f"{ours.__module__}.{ours.__name__}.{method} must keep the signature of "
             f"{peer.__module__}.{peer.__name__}.{method}: it is a drop-in replacement"
         )
+
+
+def _documented_call_args(call) -> set[str]:
+    """The names in the ``Args:`` section of ``call``'s own docstring (Google style; an entry
+    ``a, b: ...`` names both; ``**kwargs`` is kept with its stars)."""
+    doc = inspect.cleandoc(call.__doc__ or "")  # not inspect.getdoc: no inherited docstrings
+    names: set[str] = set()
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.strip() != "Args:":
+            continue
+        indent = None
+        for entry in lines[i + 1 :]:
+            if not entry.strip():
+                continue
+            width = len(entry) - len(entry.lstrip())
+            if indent is None:
+                indent = width
+            if width < indent or (width == indent and ":" not in entry):
+                break
+            if width == indent:
+                head = entry.strip().split(":", 1)[0].split(" (", 1)[0]
+                names.update(name.strip() for name in head.split(","))
+    return names
+
+
+@pytest.mark.parametrize("cls", CALLABLE, ids=lambda c: c.__qualname__)
+def test_call_arguments_are_documented(cls):
+    # In __call__'s own "Args:" section, which the API reference renders under the layer
+    # (docs/_griffe/stoax_docs.py) and help(layer) shows.
+    call = _own_call(cls)
+    documented = _documented_call_args(call)
+    missing = [
+        p.name
+        for p in _params(call)
+        if p.name not in documented
+        and not (p.kind is _P.VAR_KEYWORD and f"**{p.name}" in documented)
+    ]
+    assert not missing, (
+        f"{cls.__module__}.{cls.__qualname__}.__call__ does not document {missing} in the "
+        "'Args:' section of its docstring"
+    )
+
+
+def test_documented_call_args_reads_google_sections():
+    def call(self, x, *, key=None, **kwargs):
+        """Summary.
+
+        Args:
+            x: input, described on
+                two lines.
+            key, other: shared text.
+            **kwargs: options.
+
+        Returns:
+            y: not an argument.
+        """
+
+    assert _documented_call_args(call) == {"x", "key", "other", "**kwargs"}

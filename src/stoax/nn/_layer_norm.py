@@ -66,6 +66,12 @@ class LayerNorm(Module):
         self.bias = jnp.zeros((self.features,), dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` normalised over its last axis, same shape.
+
+        Args:
+            x: ``(..., features)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         check_features(x, self, self.features)
         h = x.astype(stats_dtype(x.dtype))

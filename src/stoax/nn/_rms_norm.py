@@ -44,6 +44,12 @@ class RMSNorm(Module):
         self.scale = jnp.ones((self.features,), dtype)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` divided by the root mean square of its last axis, then scaled; same shape.
+
+        Args:
+            x: ``(..., features)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         check_features(x, self, self.features)
         h = x.astype(stats_dtype(x.dtype))

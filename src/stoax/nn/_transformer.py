@@ -99,6 +99,14 @@ class TransformerBlock(Module):
     def __call__(
         self, x: jax.Array, *, key: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
+        """The block's output, same shape as ``x``.
+
+        Args:
+            x: ``(..., length, features)``.
+            key: the key of the block's dropouts and drop-path; needed in training mode unless every
+                rate is 0 (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise).
+            mask: a boolean array broadcastable to ``(..., num_heads, length, length)``, True = may
+                attend (e.g. a padding mask ``pad[..., None, None, :]``)."""
         y, _ = self._forward(x, key, lambda h, k: (self.attn(h, mask=mask, key=k), None))
         return y
 
@@ -241,6 +249,15 @@ class TransformerEncoder(Module):
     def __call__(
         self, tokens: jax.Array, *, key: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
+        """Logits ``(..., length, out_features)``, or ``(..., out_features)`` with a ``pool``.
+
+        Args:
+            tokens: integer ids ``(..., length)``, ``length <= max_len``.
+            key: the key of the forward pass (``"embed_dropout"`` and ``"blocks"`` are derived from
+                it); needed in training mode unless every rate is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise).
+            mask: a boolean array broadcastable to ``(..., num_heads, length, length)``, True = may
+                attend, given to every attention layer."""
         length = jnp.shape(tokens)[-1] if jnp.ndim(tokens) else 0
         if jnp.ndim(tokens) < 1 or length > self.max_len:
             raise LayerValueError(

@@ -111,8 +111,13 @@ class Ensemble(Module):
         return f"Ensemble({self.size} x {copy_repr(self.members, self.stacked)}{extra})"
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
-        """Every member's output, stacked on a new leading axis. ``kwargs`` go to every member
-        unbatched."""
+        """Every member's output, stacked on a new leading axis.
+
+        Args:
+            x: the input, shared by every member or split along ``in_axes``.
+            key: member ``m`` gets ``child(key, m)``; needed in training mode when the members are
+                stochastic.
+            **kwargs: other call options, given to every member unbatched."""
         parts = split(self.members, self.stacked, self.size, "Ensemble")
 
         def member(m: jax.Array, leaves: list[Any], x: Any) -> Any:

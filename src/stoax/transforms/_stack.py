@@ -169,7 +169,13 @@ class Stack(Module):
         return f"Stack({self.length} x {copy_repr(self.layers, self.stacked)}{extra})"
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
-        """Apply the layers in order. ``kwargs`` (an attention mask, ...) go to every layer."""
+        """Apply the layers in order.
+
+        Args:
+            x: the first layer's input.
+            key: layer ``i`` gets ``child(key, i)``; needed in training mode when the block is
+                stochastic.
+            **kwargs: other call options (an attention ``mask``, ...), given to every layer."""
         parts = split(self.layers, self.stacked, self.length, "Stack")
 
         def step(carry: Any, xs: tuple[jax.Array, list[Any]]) -> tuple[Any, None]:
