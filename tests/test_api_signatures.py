@@ -40,17 +40,17 @@ PEERS = {
 
 
 def _public_modules() -> list:
-    """stoax and every public submodule (no ``_`` in the dotted name; the interop modules whose
-    peer library is missing are skipped)."""
+    """stoax and every public submodule (no ``_`` in the dotted name). A module that needs an
+    optional library that is not installed (flax, equinox, the ``train`` extra) is skipped."""
     found = [stoax]
     for info in pkgutil.walk_packages(stoax.__path__, "stoax."):
         if any(part.startswith("_") for part in info.name.split(".")):
             continue
         try:
             found.append(importlib.import_module(info.name))
-        except ImportError as error:  # a peer library (flax, equinox) is not installed
-            if not info.name.startswith("stoax.interop."):
-                raise
+        except ModuleNotFoundError as error:
+            if (error.name or "stoax").split(".")[0] == "stoax":
+                raise  # stoax itself is broken: that is a failure, not a missing extra
             print(f"skipped {info.name}: {error}")
     return found
 
