@@ -60,7 +60,7 @@ def _attention(q, k, v, drop_probs, cfg):
 # ---- Flax NNX (benchmarks/run.py's model; ``Dropout`` is the only name that changes) ----
 
 
-def nnx_model(Dropout, cfg: Config, rate: float):  # noqa: N803 (a class, as the import names it)
+def nnx_model(Dropout, cfg: Config, rate: float):  # Dropout: a class, named as imported
     D, V = cfg.features, cfg.vocab
 
     class Block(nnx.Module):
@@ -112,13 +112,13 @@ def nnx_model(Dropout, cfg: Config, rate: float):  # noqa: N803 (a class, as the
 # ---- Flax linen ----
 
 
-def linen_model(Dropout, cfg: Config, rate: float):  # noqa: N803
+def linen_model(Dropout, cfg: Config, rate: float):
     D, V = cfg.features, cfg.vocab
 
     class Block(linen.Module):
         @linen.compact
         def __call__(self, x, train):
-            drop = lambda: Dropout(rate, deterministic=not train)  # noqa: E731
+            drop = lambda: Dropout(rate, deterministic=not train)
             h = linen.LayerNorm()(x)
             h = _attention(
                 _heads(linen.Dense(D)(h), cfg), _heads(linen.Dense(D)(h), cfg),
@@ -152,7 +152,7 @@ def linen_model(Dropout, cfg: Config, rate: float):  # noqa: N803
 # ---- Equinox ----
 
 
-def eqx_model(Dropout, cfg: Config, rate: float):  # noqa: N803
+def eqx_model(Dropout, cfg: Config, rate: float):
     D, V, L = cfg.features, cfg.vocab, cfg.layers
 
     class Block(eqx.Module):
@@ -176,7 +176,7 @@ def eqx_model(Dropout, cfg: Config, rate: float):  # noqa: N803
 
         def __call__(self, x, key):  # x: (T, D), one example (vmapped over the batch)
             k1, k2, k3, k4 = jax.random.split(key, 4)
-            lin = lambda layer, h: jax.vmap(layer)(h)  # noqa: E731
+            lin = lambda layer, h: jax.vmap(layer)(h)
             h = jax.vmap(self.ln1)(x)
             q, k, v = (_heads(lin(m, h), cfg) for m in (self.q, self.k, self.v))
             h = _attention(q[None], k[None], v[None], lambda p: self.drop(p, key=k1), cfg)[0]

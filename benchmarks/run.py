@@ -217,8 +217,8 @@ def stoax_prims_step_fn(rate):
             for _ in range(L)
         ],
     }
-    lin = lambda p, x: x @ p["w"] + p["b"]  # noqa: E731
-    drop = lambda x, k: stoax.random.dropout(x, rate, k) if rate else x  # noqa: E731
+    lin = lambda p, x: x @ p["w"] + p["b"]
+    drop = lambda x, k: stoax.random.dropout(x, rate, k) if rate else x
 
     def forward(params, tokens, key):
         x = drop(params["embed"][tokens] + params["pos"], stoax.keys.child(key, "embed"))
@@ -228,7 +228,7 @@ def stoax_prims_step_fn(rate):
             q, k, v = heads(lin(p["q"], h)), heads(lin(p["k"], h)), heads(lin(p["v"], h))
             logits = jnp.einsum("bqhd,bkhd->bhqk", q / math.sqrt(D // H), k)
             probs = jax.nn.softmax(logits, axis=-1)
-            pv = lambda pr, v: jnp.einsum("bhqk,bkhd->bqhd", pr, v)  # noqa: E731
+            pv = lambda pr, v: jnp.einsum("bhqk,bkhd->bqhd", pr, v)
             out = (
                 stoax.random.dropout_then(pv, probs, v, rate=rate, key=k1) if rate else pv(probs, v)
             )
@@ -318,7 +318,7 @@ class LinenBlock(linen.Module):
 
     @linen.compact
     def __call__(self, x, train):
-        drop = lambda: linen.Dropout(self.rate, deterministic=not train)  # noqa: E731
+        drop = lambda: linen.Dropout(self.rate, deterministic=not train)
         h = linen.LayerNorm()(x)
         h = attention(
             heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), drop()
@@ -383,7 +383,7 @@ class EqxBlock(eqx.Module):
 
     def __call__(self, x, key):  # x: (T, D), one example (vmapped over the batch)
         k1, k2, k3, k4 = jax.random.split(key, 4)
-        lin = lambda layer, h: jax.vmap(layer)(h)  # noqa: E731
+        lin = lambda layer, h: jax.vmap(layer)(h)
         h = jax.vmap(self.ln1)(x)
         q, k, v = heads(lin(self.q, h)), heads(lin(self.k, h)), heads(lin(self.v, h))
         h = attention(q[None], k[None], v[None], lambda p: self.drop(p, key=k1))[0]

@@ -155,19 +155,6 @@ def test_alpha_dropout_keeps_mean_and_variance_and_follows_its_formula():
         stoax.nn.AlphaDropout(1.0)
 
 
-def test_new_layers_follow_the_signature_rule():
-    import inspect
-
-    for cls in (stoax.nn.BatchNorm, stoax.nn.GroupNorm, stoax.nn.ConvTranspose):
-        params = inspect.signature(cls).parameters
-        for name in ("key", "dtype", "training"):
-            if name in params:
-                assert params[name].kind is inspect.Parameter.KEYWORD_ONLY, (cls, name)
-    assert inspect.signature(stoax.nn.AlphaDropout).parameters["training"].kind is (
-        inspect.Parameter.KEYWORD_ONLY
-    )
-
-
 # -- the digits CNN -----------------------------------------------------------------------------
 
 

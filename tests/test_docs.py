@@ -368,6 +368,10 @@ def test_site_builds_strict(tmp_path):
     text = re.sub(r"<[^>]+>", "", nn_page)
     assert "Called as Linear(...)(x, *, key=None)" in text
     assert "Called as MultiHeadAttention(...)(query, context=None, *, mask=None, key=None)" in text
+    # ... with each call argument explained (__call__'s "Args:"), inherited calls included.
+    assert "Called as LSTMCell(...)(carry, x, *, key=None)" in text
+    assert "seq_lengths: (*batch,) ints, the real length of each sequence" in text
+    assert text.count("Call arguments") >= 30
 
 
 if __name__ == "__main__":  # run one page here: python tests/test_docs.py PAGE

@@ -41,7 +41,7 @@ def test_an_nnx_model_holding_a_stoax_stack_trains_with_nnx_jit():
 
     @nnx.jit
     def step(model, opt, key):
-        loss = lambda m: ((m(x, key) - y) ** 2).mean()  # noqa: E731
+        loss = lambda m: ((m(x, key) - y) ** 2).mean()
         value, grads = nnx.value_and_grad(loss, argnums=nnx.DiffState(0, wrt))(model)
         opt.update(model, grads)
         return value

@@ -32,7 +32,7 @@ from stoax.interop import linen as s_linen
 from stoax.interop import nnx as s_nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import interop as peers  # noqa: E402  (benchmarks/interop.py)
+import interop as peers  # benchmarks/interop.py
 
 TINY = peers.Config(vocab=32, features=16, heads=2, layers=1, seq=8, batch=2)
 RATE = 0.25

@@ -9,9 +9,10 @@
    and an ``Args:`` section on the class documents real parameters.
 4. Sphinx roles (``:func:`stoax.random.dropout```, ``:class:`~stoax.nn.Linear```) are shown as
    inline code: Markdown would print them literally.
-5. A class that defines ``__call__`` (every layer) gets a "Called as" line under its summary,
-   with the call's arguments (``x, *, key=None, mask=None``): the API reference documents how a
-   layer is called, not only how it is built.
+5. A class that defines or inherits ``__call__`` (every layer) gets a "Called as" line under
+   its summary, with the call's signature (``x, *, key=None, mask=None``), and the ``Args:`` of
+   ``__call__``'s docstring as a "Call arguments" list: the API reference documents how a layer
+   is called, not only how it is built.
 """
 
 from __future__ import annotations
@@ -104,6 +105,37 @@ def _call_signature(name: str, call: griffe.Function) -> str:
     return f"{name}(...)({', '.join(parts)})"
 
 
+def _own_or_inherited_call(cls: griffe.Class) -> griffe.Function | None:
+    """The class's ``__call__``, or the one it inherits (``MaxPool`` from a private base)."""
+    try:
+        call = cls.all_members.get("__call__")
+        if call is not None and call.is_alias:
+            call = call.final_target
+    except Exception:  # an unresolvable base: document what the class itself shows
+        call = cls.members.get("__call__")
+    if call is None or call.is_alias or not call.is_function:
+        return None
+    if call.parent is not None and call.parent.path == _MODULE_BASE:
+        return None
+    return call
+
+
+def _call_docs(docstring: griffe.Docstring) -> tuple[str, str]:
+    """``__call__``'s summary (one line) and its ``Args:`` as a Markdown list, for the layer's
+    entry: mkdocstrings does not render ``__call__`` itself (a private name)."""
+    text = _render_roles(docstring.value)
+    sections = griffe.parse_google(griffe.Docstring(text, parent=docstring.parent), warnings=False)
+    intro, items = "", []
+    for section in sections:
+        if section.kind is griffe.DocstringSectionKind.text and not intro:
+            intro = section.value.split("\n\n", 1)[0].replace("\n", " ")
+        elif section.kind is griffe.DocstringSectionKind.parameters:
+            for p in section.value:
+                description = " ".join(p.description.split())
+                items.append(f"- `{p.name}`: {description}")
+    return intro, "\n".join(items)
+
+
 class StoaxDocs(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         self._visit(pkg, set())
@@ -166,14 +198,23 @@ class StoaxDocs(griffe.Extension):
 
     @staticmethod
     def _document_call(cls: griffe.Class) -> None:
-        call = cls.members.get("__call__")
-        if call is None or call.is_alias or not call.is_function or cls.docstring is None:
+        call = _own_or_inherited_call(cls)
+        if call is None or cls.docstring is None:
             return
         line = f"Called as `{_call_signature(cls.name, call)}`."
+        arguments = ""
         if call.docstring is not None:
-            line += " " + _render_roles(call.docstring.value.split("\n\n", 1)[0].replace("\n", " "))
-        summary, _, rest = cls.docstring.value.partition("\n\n")
-        cls.docstring.value = f"{summary}\n\n{line}\n\n{rest}" if rest else f"{summary}\n\n{line}"
+            intro, arguments = _call_docs(call.docstring)
+            line += f" {intro}" if intro else ""
+        if arguments:
+            line += f"\n\n**Call arguments**\n\n{arguments}"
+        # After the summary -- and after the block a summary ending in ":" introduces (the
+        # LSTM's equations), which must stay next to it.
+        blocks = cls.docstring.value.split("\n\n")
+        at = 1
+        while at < len(blocks) and blocks[at - 1].rstrip().endswith(":"):
+            at += 1
+        cls.docstring.value = "\n\n".join([*blocks[:at], line, *blocks[at:]])
 
     @staticmethod
     def _parameter(member: griffe.Attribute) -> griffe.Parameter:

@@ -10,6 +10,12 @@ One exception, for the annotation's sake: a field annotated ``jax.Array`` (or ``
 None``) that is given a Python number (or a list of numbers) holds it as a JAX array, so
 ``scale: jax.Array = 1.0`` is a parameter that ``jax.grad`` differentiates, not a constant.
 
+Subclassing does two more things (see :class:`Module`): the subclass's own ``__call__`` is
+wrapped, so that an error raised by a layer deep inside a model names the layer's path and layers
+are named in compiled programs -- the wrapper keeps the ``__call__``'s signature, docstring and
+source; and an instance caches its flattening in its ``__dict__``, which is sound because an
+instance never changes once built.
+
 Example:
     >>> import jax, jax.numpy as jnp, stoax
     >>> class Scale(stoax.Module):
@@ -418,6 +424,22 @@ class Module(metaclass=_ModuleMeta):
     static, as does ``ArrayLike``. For other conversions give the field a
     ``stoax.field(converter=...)``; conversions run before ``__check_init__``, on the values
     given to ``__init__`` and the fields changed by :meth:`replace`.
+
+    **What subclassing does.** A subclass's own ``__call__`` is wrapped, twice: an error about
+    a layer (:class:`~stoax.nn.MissingKeyError`, a wrong input shape) passing through the call
+    gains the field path of the layer, so it reads ``TransformerEncoder.blocks.layers.attn...``
+    rather than a bare ``Dropout(rate=0.1)``; and the call runs inside
+    ``jax.named_scope(<class name>)``, which names the layer in HLO dumps and profiles (and lets
+    :func:`stoax.tabulate` see each call). The wrappers use ``functools.wraps``: the
+    ``__call__`` keeps its name, docstring and annotations, ``__wrapped__`` leads to the function
+    you wrote, and ``inspect.signature``, ``inspect.getsource`` and ``help()`` show yours. An
+    inherited ``__call__`` is wrapped once, in the class that defines it.
+
+    **Cached flattening.** A module stores its flattened form (children and tree definition) in
+    the instance ``__dict__`` (key ``"__stoax_flat__"``) the first time it is flattened --
+    construction does it -- so ``jax.jit`` and ``jax.tree`` functions do not walk the fields
+    again. This is sound because instances are immutable; write fields only through the
+    ``__init__``, :meth:`replace` or :func:`stoax.replace_at`, never through ``__dict__``.
 
     Example:
         >>> import jax.numpy as jnp, stoax

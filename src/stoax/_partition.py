@@ -92,7 +92,7 @@ def combine(*trees: T) -> T:
     """
     if not trees:
         raise TypeError("combine needs the trees to merge: combine(params, rest).")
-    is_hole = lambda x: x is None  # noqa: E731
+    is_hole = lambda x: x is None
     first_def = jax.tree.structure(trees[0], is_leaf=is_hole)
     for i, tree in enumerate(trees[1:], start=1):
         other = jax.tree.structure(tree, is_leaf=is_hole)

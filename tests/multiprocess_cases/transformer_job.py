@@ -29,13 +29,13 @@ import sys
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import hashlib  # noqa: E402
-import json  # noqa: E402
-import signal  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import hashlib
+import json
+import signal
+import time
+from pathlib import Path
 
-import stoax  # noqa: E402
+import stoax
 
 stoax.distributed.initialize()
 

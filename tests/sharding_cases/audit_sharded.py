@@ -11,15 +11,15 @@ import os
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import json  # noqa: E402
+import json
 
-import jax  # noqa: E402
-from jax.sharding import AxisType  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
-from mlp_step import BATCH, compiled_step, data, exact_params, make_model, per_example  # noqa: E402
+import jax
+from jax.sharding import AxisType
+from jax.sharding import PartitionSpec as P
+from mlp_step import BATCH, compiled_step, data, exact_params, make_model, per_example
 
-import stoax  # noqa: E402
-from stoax.audit import audit  # noqa: E402
+import stoax
+from stoax.audit import audit
 
 
 def kinds(report):

@@ -131,7 +131,7 @@ class Analyzer:
         return summ
 
     def _eqn(self, fr: Frame, i: int, eqn: Any) -> None:
-        HANDLERS, HASHING, STRUCTURAL = _rules()  # noqa: N806
+        HANDLERS, HASHING, STRUCTURAL = _rules()
         name = eqn.primitive.name
         if name in VALUE_OPS:
             for v in eqn.outvars:

@@ -105,7 +105,7 @@ class VmapHook:
                 try:
                     hook._after(trace, p, tracers, params, out)
                     hook._locate(n)
-                except Exception as err:  # noqa: BLE001 - never break the user's trace: re-raised
+                except Exception as err:  # never break the user's trace: re-raised
                     hook.error = err  # by __exit__ as an AuditError naming the JAX version
             return out
 
@@ -131,7 +131,7 @@ class VmapHook:
                 try:
                     hook._after_custom(trace, rest[-1], out)
                     hook._locate(n)
-                except Exception as err:  # noqa: BLE001 - re-raised by __exit__
+                except Exception as err:  # re-raised by __exit__
                     hook.error = err
             return out
 

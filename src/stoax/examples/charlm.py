@@ -157,6 +157,11 @@ class CharLSTM(stoax.Module):
     head: stoax.nn.Linear
 
     def __call__(self, ids: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """Next-character logits ``(batch, time, vocab)``.
+
+        Args:
+            ids: character ids ``(batch, time)``.
+            key: the key of the dropouts; needed in training mode."""
         return self.head(self.rnn(self.embed(ids), key=key))
 
 

@@ -152,6 +152,11 @@ class Sampler(Module):
         return logits
 
     def __call__(self, logits: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """One token id per row of ``logits``: shape ``logits.shape[:-1]``, int32.
+
+        Args:
+            logits: ``(..., vocab)``.
+            key: the key of the draw; needed unless ``greedy``."""
         if jnp.ndim(logits) < 1:
             raise ValueError(
                 f"Sampler: logits need a vocabulary axis, got shape {jnp.shape(logits)}."

@@ -50,6 +50,13 @@ class AlphaDropout(Module):
         self.training = check_training_flag(self.training, "AlphaDropout")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` with alpha dropout in training mode; ``x`` unchanged in evaluation mode.
+
+        Args:
+            x: an array of any shape (typically SELU activations).
+            key: the key of the mask; needed in training mode unless the rate is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in evaluation
+                mode."""
         if is_identity(self, x, self.rate):
             return x
         keep = keep_mask(draw_key(self, key), jnp.shape(x), self.rate)

@@ -75,13 +75,13 @@ class MultiHeadAttention(Module):
         self,
         features: int,
         num_heads: int,
-        *,
         qkv_features: int | None = None,
         out_features: int | None = None,
         dropout: float | jax.Array = 0.0,
         use_bias: bool = True,
         causal: bool = False,
         context_features: int | None = None,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
         kernel_init: Initializer = LECUN_NORMAL,
@@ -189,6 +189,18 @@ class MultiHeadAttention(Module):
         mask: jax.Array | None = None,
         key: jax.Array | None = None,
     ) -> jax.Array:
+        """Attention of ``query`` over ``context``: shape ``(..., q_len, out_features)``.
+
+        Args:
+            query: ``(..., q_len, features)``.
+            context: ``(..., kv_len, context_features)``, the sequence attended to (keys and
+                values); ``None`` (the default) attends to ``query`` itself (self-attention). A true
+                input, so it may be positional: ``attn(x)``, ``attn(x, memory)``.
+            mask: a boolean array broadcastable to ``(..., num_heads, q_len, kv_len)``, True = may
+                attend; combined with the causal mask when ``causal``.
+            key: the key of the attention dropout; needed in training mode unless ``dropout`` is 0
+                (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in
+                evaluation mode."""
         context = query if context is None else context
         self._check_inputs(query, context)
         q = self._heads(self.query_proj(query))

@@ -117,7 +117,12 @@ class BatchNorm(Module):
         return tuple(self.running_mean.shape)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-        """The normalised ``x`` (the running averages are not updated: see :meth:`apply`)."""
+        """The normalised ``x`` (the running averages are not updated: see :meth:`apply`).
+
+        Args:
+            x: an array whose feature axes (``axis``) have the sizes ``features``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         return self.apply(x, key=key)[0]
 
     @locate_layer_errors

@@ -112,8 +112,12 @@ class _Cell(Module):
             )
 
     def __call__(self, carry: Any, x: jax.Array, *, key: jax.Array | None = None):
-        """One time step: ``(carry, x) -> (carry, y)``. ``key`` is accepted (and unused) so a
-        cell runs under :func:`stoax.scan` as it is."""
+        """One time step: ``(carry, x) -> (carry, y)``.
+
+        Args:
+            carry: the state after the previous step (``initial_carry(batch_shape)`` at the first).
+            x: the input of this step, ``(*batch, in_features)``.
+            key: unused; accepted so a cell runs under :func:`stoax.scan` as it is."""
         h = self.hidden(carry)
         self._check_hidden(h)
         return self.update(carry, self.project_input(x), h @ self.recurrent_kernel)

@@ -69,12 +69,12 @@ class Conv(Module):
         in_channels: int,
         out_channels: int,
         kernel_size: int | Sequence[int],
-        *,
         stride: int | Sequence[int] = 1,
         padding: Padding = "SAME",
         dilation: int | Sequence[int] = 1,
-        groups: int = 1,
         use_bias: bool = True,
+        groups: int = 1,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
         kernel_init: Initializer = CONV_LECUN_NORMAL,
@@ -117,6 +117,13 @@ class Conv(Module):
         return self.weight.shape[-1]
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The convolution of ``x``: shape ``(..., *out_spatial, out_channels)``.
+
+        Args:
+            x: ``(..., *spatial, in_channels)``, channels last, as many spatial axes as
+                ``kernel_size`` has entries.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         n = len(self.stride)
         if x.ndim < n + 1 or x.shape[-1] != self.in_channels:

@@ -101,6 +101,13 @@ class ConvTranspose(Module):
         return self.weight.shape[-1]
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The transposed convolution of ``x``: shape ``(..., *out_spatial, out_channels)``.
+
+        Args:
+            x: ``(..., *spatial, in_channels)``, channels last, as many spatial axes as
+                ``kernel_size`` has entries.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         n = len(self.stride)
         if x.ndim < n + 1 or x.shape[-1] != self.in_channels:

@@ -42,6 +42,14 @@ class DropPath(Module):
         self.training = check_training_flag(self.training, "DropPath")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` with whole examples (slices along the leading axis) zeroed in training mode; ``x``
+        unchanged in evaluation mode.
+
+        Args:
+            x: an array whose leading axis is the batch.
+            key: the key of the mask; needed in training mode unless the rate is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in evaluation
+                mode."""
         if is_identity(self, x, self.rate):
             return x
         if jnp.ndim(x) == 0:

@@ -36,7 +36,7 @@ class Dropout(Module):
 
     rate: float | jax.Array = field(trainable=False, default=0.5)
     broadcast_dims: tuple[int, ...] = ()
-    training: bool | jax.Array = True
+    training: bool | jax.Array = field(default=True, kw_only=True)
 
     def __check_init__(self):
         self.rate = check_rate(self.rate, "Dropout")
@@ -49,6 +49,14 @@ class Dropout(Module):
             raise LayerValueError(self, f": {problem}; got an input of shape {tuple(x.shape)}.")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` with each element zeroed with probability ``rate`` and the others scaled by
+        ``1/(1-rate)`` in training mode; ``x`` unchanged in evaluation mode.
+
+        Args:
+            x: an array of any shape; ``broadcast_dims`` must be axes of it.
+            key: the key of the mask; needed in training mode unless the rate is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in evaluation
+                mode."""
         if is_identity(self, x, self.rate):
             return x
         self._check_input(x)

@@ -67,7 +67,11 @@ class Embedding(Module):
 
         Concrete ids out of range raise an ``IndexError``; inside ``jax.jit`` they cannot be
         checked and give NaN vectors, negative ids included (they never count from the end).
-        """
+
+        Args:
+            ids: an integer array of any shape, each in ``[0, num_embeddings)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         dtype = getattr(ids, "dtype", None)
         if dtype is None:
             ids = jnp.asarray(ids)

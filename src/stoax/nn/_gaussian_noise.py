@@ -37,6 +37,13 @@ class GaussianNoise(Module):
         self.training = check_training_flag(self.training, "GaussianNoise")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x + stddev * N(0, 1)`` in training mode; ``x`` unchanged in evaluation mode.
+
+        Args:
+            x: a floating-point array of any shape.
+            key: the key of the noise; needed in training mode unless ``stddev`` is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in evaluation
+                mode."""
         if is_identity(self, x, self.stddev):
             return x
         noise = jax.random.normal(draw_key(self, key), jnp.shape(x), x.dtype)

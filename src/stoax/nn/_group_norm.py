@@ -72,6 +72,12 @@ class GroupNorm(Module):
         self.bias = jnp.zeros((features,), dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The normalised ``x``, same shape.
+
+        Args:
+            x: ``(N, ..., features)``, channels last; the first axis is the batch.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         c = self.features
         if x.ndim < 2 or x.shape[-1] != c:

@@ -53,10 +53,10 @@ class LayerNorm(Module):
     def __init__(
         self,
         features: int,
-        *,
         eps: float = 1e-6,
         use_scale: bool = True,
         use_bias: bool = True,
+        *,
         dtype: jnp.dtype = jnp.float32,
         key: jax.Array | None = None,  # accepted for uniformity: the initialisation is fixed
     ):
@@ -66,6 +66,12 @@ class LayerNorm(Module):
         self.bias = jnp.zeros((self.features,), dtype) if use_bias else None
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` normalised over its last axis, same shape.
+
+        Args:
+            x: ``(..., features)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         check_features(x, self, self.features)
         h = x.astype(stats_dtype(x.dtype))

@@ -39,8 +39,8 @@ class Linear(Module):
         self,
         in_features: int,
         out_features: int,
-        *,
         use_bias: bool = True,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
         kernel_init: Initializer = LECUN_NORMAL,
@@ -67,6 +67,12 @@ class Linear(Module):
         return self.weight.shape[-1]
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x @ weight + bias``: shape ``(..., out_features)``.
+
+        Args:
+            x: ``(..., in_features)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise LayerTypeError(
                 self,

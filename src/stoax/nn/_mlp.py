@@ -45,11 +45,11 @@ class MLP(Module):
         self,
         in_features: int,
         out_features: int,
-        *,
         hidden: Sequence[int] = (64, 64),
         activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
         dropout: float | jax.Array = 0.0,
         use_bias: bool = True,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
         kernel_init: Initializer = LECUN_NORMAL,
@@ -83,6 +83,14 @@ class MLP(Module):
         )
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The network's output, ``(..., out_features)``.
+
+        Args:
+            x: ``(..., in_features)``.
+            key: the key of the dropouts (the one after hidden layer ``i`` draws with
+                ``child(child(key, "dropouts"), i)``); needed in training mode unless ``dropout`` is
+                0 (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in
+                evaluation mode."""
         drop_key = keys.child(key, "dropouts")
         for i, (linear, drop) in enumerate(zip(self.layers[:-1], self.dropouts, strict=True)):
             x = drop(self.activation(linear(x)), key=keys.child(drop_key, i))

@@ -86,6 +86,13 @@ class MaxPool(_Pool):
         self._setup(window, stride, padding)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The maximum over each window: shape ``(..., *out_spatial, C)``.
+
+        Args:
+            x: ``(..., *spatial, C)``, channels last, as many spatial axes as ``window`` has
+                entries.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         return self._reduce(x, -jnp.inf, jax.lax.max)
 
 
@@ -119,6 +126,13 @@ class AvgPool(_Pool):
         self.count_include_pad = bool(count_include_pad)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The mean over each window: shape ``(..., *out_spatial, C)``.
+
+        Args:
+            x: ``(..., *spatial, C)``, channels last, as many spatial axes as ``window`` has
+                entries.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         total = self._reduce(x, 0.0, jax.lax.add)
         if self.count_include_pad or self.padding == "VALID":
             return total / jnp.asarray(math.prod(self.window), x.dtype)
@@ -148,6 +162,13 @@ class GlobalAvgPool(Module):
         self.keepdims = bool(self.keepdims)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The mean over the ``spatial_dims`` axes before the channels: ``(..., C)`` (``keepdims``:
+        those axes kept with size 1).
+
+        Args:
+            x: ``(..., *spatial, C)`` with ``spatial_dims`` spatial axes.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         n = self.spatial_dims
         if x.ndim < n + 1:

@@ -34,8 +34,8 @@ class RMSNorm(Module):
     def __init__(
         self,
         features: int,
-        *,
         eps: float = 1e-6,
+        *,
         dtype: jnp.dtype = jnp.float32,
         key: jax.Array | None = None,  # accepted for uniformity: the initialisation is fixed
     ):
@@ -44,6 +44,12 @@ class RMSNorm(Module):
         self.scale = jnp.ones((self.features,), dtype)
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` divided by the root mean square of its last axis, then scaled; same shape.
+
+        Args:
+            x: ``(..., features)``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         require_float(x, self)
         check_features(x, self, self.features)
         h = x.astype(stats_dtype(x.dtype))

@@ -152,6 +152,21 @@ class RNN(Module):
         mask: jax.Array | None = None,
         return_carry: bool | None = None,
     ) -> Any:
+        """The outputs ``(*batch, time, hidden)``; ``(final carry, outputs)`` when ``return_carry``.
+
+        Args:
+            x: ``(*batch, time, in_features)``; ``(time, *batch, in_features)`` when ``time_major``.
+            key: the key of the dropouts, split by ``derive(key, "input_dropout",
+                "recurrent_dropout", "output_dropout")``; needed in training mode unless every rate
+                is 0 (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in
+                evaluation mode.
+            initial_carry: the cell's carry before the first step (an LSTM's ``(c, h)``); ``None``
+                (the default) starts from zeros.
+            seq_lengths: ``(*batch,)`` ints, the real length of each sequence; the steps after it
+                are padding.
+            mask: ``(*batch, time)`` bools, True = a real step (instead of ``seq_lengths``).
+            return_carry: ``True``/``False`` for this call; ``None`` (the default) uses the field
+                ``return_carry``."""
         require_float(x, self)
         if jnp.ndim(x) < 2:
             raise LayerValueError(
@@ -371,6 +386,17 @@ class Bidirectional(Module):
         mask: jax.Array | None = None,
         return_carry: bool | None = None,
     ) -> Any:
+        """The merged outputs of both directions; ``((forward carry, backward carry), outputs)``
+        when ``return_carry``.
+
+        Args:
+            x: ``(*batch, time, in_features)``, as for :class:`RNN`.
+            key: split into the two directions' keys, ``derive(key, "forward", "backward")``; needed
+                in training mode when either has dropout.
+            initial_carry: ``(forward carry, backward carry)``, or ``None`` for zeros.
+            seq_lengths: ``(*batch,)`` ints, the real length of each sequence.
+            mask: ``(*batch, time)`` bools, True = a real step (instead of ``seq_lengths``).
+            return_carry: ``True``/``False`` for this call; ``None`` uses the field."""
         k_f, k_b = keys.derive(key, "forward", "backward")
         c_f, c_b = (None, None) if initial_carry is None else initial_carry
         pad = {"seq_lengths": seq_lengths, "mask": mask}
@@ -429,6 +455,16 @@ class StackedRNN(Module):
         mask: jax.Array | None = None,
         return_carry: bool | None = None,
     ) -> Any:
+        """The last layer's outputs; ``(tuple of every layer's final carry, outputs)`` when
+        ``return_carry``.
+
+        Args:
+            x: ``(*batch, time, in_features)``, the first layer's input.
+            key: layer ``i`` gets ``child(key, i)``; needed in training mode when a layer has
+                dropout.
+            seq_lengths: ``(*batch,)`` ints, the real length of each sequence, for every layer.
+            mask: ``(*batch, time)`` bools, True = a real step (instead of ``seq_lengths``).
+            return_carry: ``True``/``False`` for this call; ``None`` uses the field."""
         carries = []
         for i, layer in enumerate(self.layers):
             if not jnp.shape(x)[-1:] == (_in_features(layer),):

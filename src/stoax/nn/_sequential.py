@@ -60,6 +60,12 @@ class Sequential(Module):
         self.layers = layers
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """The layers applied in order.
+
+        Args:
+            x: the first layer's input.
+            key: layer ``i`` gets ``child(key, i)`` (a plain function that takes no ``key`` is
+                called without one); needed in training mode when a layer is stochastic."""
         for i, layer in enumerate(self.layers):
             takes = is_module(layer) or takes_key(layer)
             x = layer(x, key=keys.child(key, i)) if takes else layer(x)

@@ -23,6 +23,12 @@ class Identity(Module):
     """
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` itself.
+
+        Args:
+            x: anything.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         return x
 
 
@@ -51,6 +57,12 @@ class Flatten(Module):
                 raise TypeError(f"Flatten: {name} must be an int, got {value!r}.")
 
     def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """``x`` with the axes ``start_dim .. end_dim`` merged into one.
+
+        Args:
+            x: an array with the axes ``start_dim`` and ``end_dim``.
+            key: unused; accepted so that every layer is called alike (containers pass a key to each
+                layer)."""
         start, end = self.start_dim, self.end_dim
         if not (-x.ndim <= start < x.ndim and -x.ndim <= end < x.ndim) or (
             start % x.ndim > end % x.ndim

@@ -66,13 +66,13 @@ class TransformerBlock(Module):
         self,
         features: int,
         num_heads: int,
-        *,
         mlp_ratio: int = 4,
         dropout: float = 0.1,
         attention_dropout: float = 0.1,
         drop_path: float = 0.0,
         causal: bool = False,
         activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
@@ -99,6 +99,14 @@ class TransformerBlock(Module):
     def __call__(
         self, x: jax.Array, *, key: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
+        """The block's output, same shape as ``x``.
+
+        Args:
+            x: ``(..., length, features)``.
+            key: the key of the block's dropouts and drop-path; needed in training mode unless every
+                rate is 0 (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise).
+            mask: a boolean array broadcastable to ``(..., num_heads, length, length)``, True = may
+                attend (e.g. a padding mask ``pad[..., None, None, :]``)."""
         y, _ = self._forward(x, key, lambda h, k: (self.attn(h, mask=mask, key=k), None))
         return y
 
@@ -158,8 +166,10 @@ class TransformerEncoder(Module):
     blocks in one ``lax.scan`` (compile time flat in depth); ``unroll=True`` puts one copy of
     the block per layer in the program, which compiles in time that grows with depth but, for a
     few layers, runs a training step faster on CPU and with less temporary memory (the scan
-    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Every layer gets the
-    same key, hence the same mask, either way.
+    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Either way layer
+    ``i`` derives its own key, ``child(child(key, "blocks"), i)``, inside the loop, so every
+    layer draws different masks -- and each layer's masks are the same with or without
+    ``unroll``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -188,7 +198,6 @@ class TransformerEncoder(Module):
         self,
         vocab_size: int,
         out_features: int,
-        *,
         features: int = 64,
         num_heads: int = 4,
         num_layers: int = 2,
@@ -201,6 +210,7 @@ class TransformerEncoder(Module):
         pool: str = "none",
         remat: bool | Callable[..., bool] = False,
         unroll: int | bool = 1,
+        *,
         key: jax.Array,
         dtype: jnp.dtype = jnp.float32,
     ):
@@ -239,6 +249,15 @@ class TransformerEncoder(Module):
     def __call__(
         self, tokens: jax.Array, *, key: jax.Array | None = None, mask: jax.Array | None = None
     ) -> jax.Array:
+        """Logits ``(..., length, out_features)``, or ``(..., out_features)`` with a ``pool``.
+
+        Args:
+            tokens: integer ids ``(..., length)``, ``length <= max_len``.
+            key: the key of the forward pass (``"embed_dropout"`` and ``"blocks"`` are derived from
+                it); needed in training mode unless every rate is 0 (a
+                :class:`~stoax.nn.MissingKeyError` names the layer otherwise).
+            mask: a boolean array broadcastable to ``(..., num_heads, length, length)``, True = may
+                attend, given to every attention layer."""
         length = jnp.shape(tokens)[-1] if jnp.ndim(tokens) else 0
         if jnp.ndim(tokens) < 1 or length > self.max_len:
             raise LayerValueError(

@@ -60,7 +60,6 @@ class Ensemble(Copies):
     def __init__(
         self,
         members: Module,
-        *,
         size: int | None = None,
         in_axes: InAxes = None,
         stacked: frozenset[str] | None = None,
@@ -85,8 +84,13 @@ class Ensemble(Copies):
         return [] if self.in_axes is None else [("in_axes", self.in_axes)]
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
-        """Every member's output, stacked on a new leading axis. ``kwargs`` go to every member
-        unbatched."""
+        """Every member's output, stacked on a new leading axis.
+
+        Args:
+            x: the input, shared by every member or split along ``in_axes``.
+            key: member ``m`` gets ``child(key, m)``; needed in training mode when the members are
+                stochastic.
+            **kwargs: other call options, given to every member unbatched."""
         parts = split(self.members, self.stacked, self.size, "Ensemble")
 
         def member(m: jax.Array, leaves: list[Any], x: Any) -> Any:

@@ -73,7 +73,6 @@ class Stack(Copies):
     def __init__(
         self,
         layers: Module,
-        *,
         length: int | None = None,
         remat: bool | Callable[..., bool] = False,
         unroll: int | bool = 1,
@@ -122,7 +121,13 @@ class Stack(Copies):
         ]
 
     def __call__(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> Any:
-        """Apply the layers in order. ``kwargs`` (an attention mask, ...) go to every layer."""
+        """Apply the layers in order.
+
+        Args:
+            x: the first layer's input.
+            key: layer ``i`` gets ``child(key, i)``; needed in training mode when the block is
+                stochastic.
+            **kwargs: other call options (an attention ``mask``, ...), given to every layer."""
         parts = split(self.layers, self.stacked, self.length, "Stack")
 
         def step(carry: Any, xs: tuple[jax.Array, list[Any]]) -> tuple[Any, None]:
@@ -290,6 +295,6 @@ class Unstacked(Module):
 
 
 def unstack(model: Any) -> Any:
-    """``model`` with every :class:`Stack` in it replaced by its :class:`Unstacked` layers
-    (same layers, same keys)."""
+    """``model`` with every :class:`Stack` in it replaced by its :class:`Unstacked` layers:
+    the same weights, and layer ``i`` gets the key it gets in the stack, ``child(key, i)``."""
     return map_modules(lambda m: Unstacked(tuple(m)) if isinstance(m, Stack) else m, model)
