@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, Self, dataclass_transform
 
 import jax
 import numpy as np
@@ -89,6 +89,7 @@ class _StaticLeaf:
     """
 
     __slots__ = ("value",)
+    value: Any
 
     def __init__(self, value: Any):
         self.value = value
@@ -104,6 +105,7 @@ class _Hashable:
     it looks up compiled functions, and lists or dicts in a field must not break that."""
 
     __slots__ = ("value",)
+    value: Any
 
     def __init__(self, value: Any):
         self.value = value
@@ -154,10 +156,12 @@ _MIXED = 1  # a container holding arrays and static values: the child has the st
 
 
 def _flatten(module: Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    cached = module.__dict__.get(_FLAT)
+    cached: tuple[tuple[Any, ...], tuple[Any, ...]] | None = module.__dict__.get(_FLAT)
     if cached is not None:
         return cached
-    children, child_fields, static_fields = [], [], []
+    children: list[Any] = []
+    child_fields: list[tuple[str, int]] = []
+    static_fields: list[tuple[str, _Hashable]] = []
     for f in dataclasses.fields(module):
         value = module.__dict__.get(f.name, dataclasses.MISSING)
         if value is dataclasses.MISSING:
@@ -178,13 +182,15 @@ def _flatten(module: Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return flat
 
 
-def _flatten_with_keys(module: Module):
+def _flatten_with_keys(
+    module: Module,
+) -> tuple[list[tuple[jax.tree_util.GetAttrKey, Any]], tuple[Any, ...]]:
     children, aux = _flatten(module)
     keys = [jax.tree_util.GetAttrKey(name) for name, _ in aux[0]]
     return list(zip(keys, children, strict=True)), aux
 
 
-def _unflatten(cls: type[Module], aux, children) -> Module:
+def _unflatten(cls: type[Module], aux: tuple[Any, ...], children: Any) -> Module:
     module = object.__new__(cls)
     child_fields, static_fields = aux
     for (name, role), value in zip(child_fields, children, strict=True):
@@ -196,7 +202,7 @@ def _unflatten(cls: type[Module], aux, children) -> Module:
     return module
 
 
-class FrozenDict(Mapping):
+class FrozenDict(Mapping[Any, Any]):
     """A read-only, hashable dict: what a ``dict`` in a static field of a module becomes.
 
     Example:
@@ -207,6 +213,7 @@ class FrozenDict(Mapping):
     """
 
     __slots__ = ("_data",)
+    _data: dict[Any, Any]
 
     def __init__(self, *args: Any, **kwargs: Any):
         object.__setattr__(self, "_data", dict(*args, **kwargs))
@@ -242,10 +249,10 @@ def _freeze(value: Any) -> Any:
             return value
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, dict | FrozenDict):
-        items = {k: _freeze(v) for k, v in value.items()}
-        if isinstance(value, FrozenDict) and all(items[k] is value[k] for k in items):
+        entries = {k: _freeze(v) for k, v in value.items()}
+        if isinstance(value, FrozenDict) and all(entries[k] is value[k] for k in entries):
             return value
-        return FrozenDict(items)
+        return FrozenDict(entries)
     if isinstance(value, set):
         return frozenset(value)
     return value
@@ -282,10 +289,11 @@ def _finish(module: Module) -> None:
 class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
-    def __call__(cls, *args: Any, **kwargs: Any):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
 
-        module = cls.__new__(cls)
+        klass: Any = cls  # a class of modules (checkers would type cls as the metaclass)
+        module = klass.__new__(klass)
         object.__setattr__(module, _FROZEN, False)
         module.__init__(*args, **kwargs)
         _finish(module)
@@ -297,7 +305,8 @@ class _ModuleMeta(type):
         # __call__ above: for inspect.signature, help() and editors. A property of the
         # metaclass, so instances (callable layers) keep their __call__ signature.
         try:
-            sig = inspect.signature(cls.__init__)
+            klass: Any = cls
+            sig = inspect.signature(klass.__init__)
         except (TypeError, ValueError):
             return None
         return sig.replace(parameters=list(sig.parameters.values())[1:])
@@ -332,12 +341,16 @@ class Module(metaclass=_ModuleMeta):
         Array([1., 1.], dtype=float32)
     """
 
+    if TYPE_CHECKING:  # what dataclasses.dataclass sets on each subclass (__init_subclass__)
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_stoax_locates", False):
-            cls.__call__ = locate_layer_errors(call)  # errors name the field path of a layer
-            cls.__call__ = named_scope(cls.__call__, cls.__name__)  # layer names in HLO/profiles
+            # errors name the field path of a layer; layer names in HLO and profiles
+            wrapped = named_scope(locate_layer_errors(call), cls.__name__)
+            cls.__call__ = wrapped  # type: ignore[method-assign]  # the class's own, wrapped
         has_own_init = "__init__" in cls.__dict__
         dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
         jax.tree_util.register_pytree_with_keys(
@@ -359,7 +372,7 @@ class Module(metaclass=_ModuleMeta):
     def __delattr__(self, name: str) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot delete {type(self).__name__}.{name}")
 
-    def replace(self, **changes: Any) -> Module:
+    def replace(self, **changes: Any) -> Self:
         """A copy of this module with some fields changed (``dataclasses.replace`` for modules,
         also for modules with a hand-written ``__init__``)."""
         names = {f.name for f in dataclasses.fields(self)}
@@ -390,7 +403,7 @@ class Module(metaclass=_ModuleMeta):
             return NotImplemented
         leaves_a, tree_a = jax.tree.flatten(self)
         leaves_b, tree_b = jax.tree.flatten(other)
-        if tree_a != tree_b:
+        if not same_structure(tree_a, tree_b):
             return False
         return all(_leaf_equal(a, b) for a, b in zip(leaves_a, leaves_b, strict=True))
 
@@ -413,5 +426,11 @@ def _leaf_equal(a: Any, b: Any) -> bool:
     return bool(np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a), np.asarray(b)))
 
 
-def field_is_trainable(f: dataclasses.Field) -> bool:
+def same_structure(a: Any, b: Any) -> bool:
+    """Whether two tree definitions are equal. (jaxlib ships no type stub for ``PyTreeDef``: its
+    ``==`` is unknown to type checkers, so comparisons go through this typed function.)"""
+    return bool(a == b)
+
+
+def field_is_trainable(f: dataclasses.Field[Any]) -> bool:
     return bool(f.metadata.get(_TRAINABLE, True))

@@ -42,11 +42,12 @@ from typing import Any, TypeVar
 
 import jax
 
-from stoax._module import Module, field, is_module
+from stoax._module import Module, field, is_module, same_structure
 
 __all__ = ["StateError", "apply", "has_state", "state_field", "updates_state"]
 
 M = TypeVar("M")
+C = TypeVar("C", bound=Callable[..., Any])
 
 _STATE = "stoax_state"  # field metadata flag: the field's arrays are updated by the forward pass
 
@@ -109,7 +110,7 @@ def updates_state(tree: Any) -> bool:
     return any(getattr(m, "training", True) is not False for m in _stateful_modules(tree))
 
 
-def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwargs: Any):
+def apply(model: C, x: Any, *args: Any, key: Any = None, **kwargs: Any) -> tuple[Any, C]:
     """``(y, new_model)``: the forward pass that also returns the model with its state updated.
 
     * A module with an ``apply`` method (BatchNorm; ``Sequential``, ``Stack``, ``Ensemble``):
@@ -136,13 +137,13 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
         if updates_state(model):
             raise StateError(_no_apply_message(model))
         return model(x, *args, key=key, **kwargs), model
-    out = model.apply(x, *args, key=key, **kwargs)
+    out = method(model, x, *args, key=key, **kwargs)
     if not (isinstance(out, tuple) and len(out) == 2 and type(out[1]) is type(model)):
         raise StateError(
             f"{type(model).__name__}.apply must return (output, updated {type(model).__name__}), "
             f"got {type(out).__name__}{'' if not isinstance(out, tuple) else f' of {len(out)}'}."
         )
-    if jax.tree.structure(out[1]) != jax.tree.structure(model):
+    if not same_structure(jax.tree.structure(out[1]), jax.tree.structure(model)):
         raise StateError(
             f"{type(model).__name__}.apply returned a model of another structure than its own: "
             "an update may change array values only (not shapes, dtypes, static fields or the "
@@ -151,7 +152,7 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
     return out
 
 
-def _no_apply_message(model: Module) -> str:
+def _no_apply_message(model: Any) -> str:
     name = type(model).__name__
     inner = sorted({type(m).__name__ for m in _stateful_modules(model)})
     return (

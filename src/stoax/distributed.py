@@ -306,10 +306,12 @@ def launch(
                 _kill_group(proc)
         results = []
         for pid, (proc, (out, err)) in enumerate(zip(procs, files, strict=True)):
-            out.seek(0), err.seek(0)
+            out.seek(0)
+            err.seek(0)
             code = None if pid in killed else proc.returncode
             results.append(ProcessResult(pid, code, out.read(), err.read()))
-            out.close(), err.close()
+            out.close()
+            err.close()
     failed = [r for r in results if r.returncode != 0]
     if check and failed:
         why = f"ran past its timeout of {timeout:g} s" if timed_out else "failed"
