@@ -39,6 +39,7 @@ __all__ = ["FrozenDict", "Module", "field", "is_array", "is_module"]
 _FROZEN = "__stoax_frozen__"  # instance flag: set once construction is over
 _FLAT = "__stoax_flat__"  # instance cache: (children, aux) -- valid because instances are immutable
 _TRAINABLE = "trainable"  # key of the field metadata that marks non-trainable arrays
+_STATE = "stoax_state"  # field metadata flag: the field's arrays are updated by the forward pass
 
 
 def is_array(x: Any) -> bool:
@@ -312,7 +313,29 @@ class _ModuleMeta(type):
         return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-@dataclass_transform(field_specifiers=(field, dataclasses.field))
+# (Defined here, not in stoax/_state.py, to be a field specifier of Module for type checkers.)
+def state_field(**kwargs: Any) -> Any:
+    """A field whose arrays are *state*: not trainable (:func:`stoax.partition` keeps them out of
+    the optimiser's way) and updated by the layer's ``apply``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> class Counter(stoax.Module):
+        ...     count: jax.Array = stoax.state_field(default_factory=lambda: jnp.zeros((), int))
+        ...     def apply(self, x, *, key=None):
+        ...         return x, self.replace(count=self.count + 1)
+        ...     def __call__(self, x, *, key=None):
+        ...         return self.apply(x, key=key)[0]
+        >>> _, c = stoax.apply(Counter(), jnp.ones(2))
+        >>> int(c.count), stoax.partition(c)[0].count is None
+        (1, True)
+    """
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata[_STATE] = True
+    return field(trainable=False, metadata=metadata, **kwargs)
+
+
+@dataclass_transform(field_specifiers=(field, state_field, dataclasses.field))
 class Module(metaclass=_ModuleMeta):
     """Base class of stoax modules: an immutable dataclass that is also a pytree.
 
@@ -341,8 +364,13 @@ class Module(metaclass=_ModuleMeta):
         Array([1., 1.], dtype=float32)
     """
 
-    if TYPE_CHECKING:  # what dataclasses.dataclass sets on each subclass (__init_subclass__)
+    if TYPE_CHECKING:
+        # What dataclasses.dataclass sets on each subclass (__init_subclass__).
         __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        # A module is called as a layer, ``module(x, *, key=None, ...)``: each subclass defines
+        # its own call, which this signature admits, so code typed with ``Module`` may call one.
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
@@ -434,3 +462,7 @@ def same_structure(a: Any, b: Any) -> bool:
 
 def field_is_trainable(f: dataclasses.Field[Any]) -> bool:
     return bool(f.metadata.get(_TRAINABLE, True))
+
+
+def field_is_state(f: dataclasses.Field[Any]) -> bool:
+    return bool(f.metadata.get(_STATE, False))

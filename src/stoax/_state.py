@@ -42,14 +42,12 @@ from typing import Any, TypeVar
 
 import jax
 
-from stoax._module import Module, field, is_module, same_structure
+from stoax._module import Module, field_is_state, is_module, same_structure, state_field
 
 __all__ = ["StateError", "apply", "has_state", "state_field", "updates_state"]
 
 M = TypeVar("M")
 C = TypeVar("C", bound=Callable[..., Any])
-
-_STATE = "stoax_state"  # field metadata flag: the field's arrays are updated by the forward pass
 
 
 class StateError(TypeError):
@@ -57,29 +55,8 @@ class StateError(TypeError):
     ``apply`` method, or an ``apply`` that returns something else than ``(y, new_module)``)."""
 
 
-def state_field(**kwargs: Any) -> Any:
-    """A field whose arrays are *state*: not trainable (:func:`stoax.partition` keeps them out of
-    the optimiser's way) and updated by the layer's ``apply``.
-
-    Example:
-        >>> import jax, jax.numpy as jnp, stoax
-        >>> class Counter(stoax.Module):
-        ...     count: jax.Array = stoax.state_field(default_factory=lambda: jnp.zeros((), int))
-        ...     def apply(self, x, *, key=None):
-        ...         return x, self.replace(count=self.count + 1)
-        ...     def __call__(self, x, *, key=None):
-        ...         return self.apply(x, key=key)[0]
-        >>> _, c = stoax.apply(Counter(), jnp.ones(2))
-        >>> int(c.count), stoax.partition(c)[0].count is None
-        (1, True)
-    """
-    metadata = dict(kwargs.pop("metadata", None) or {})
-    metadata[_STATE] = True
-    return field(trainable=False, metadata=metadata, **kwargs)
-
-
 def _declares_state(module: Module) -> bool:
-    return any(f.metadata.get(_STATE, False) for f in dataclasses.fields(module))
+    return any(field_is_state(f) for f in dataclasses.fields(module))
 
 
 def _stateful_modules(tree: Any) -> list[Module]:

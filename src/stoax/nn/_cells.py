@@ -53,6 +53,10 @@ class _Cell(Module):
     recurrent_kernel: jax.Array
     bias: jax.Array
 
+    def initial_carry(self, batch_shape: tuple[int, ...] = (), dtype: Any = None) -> Any:
+        """The zero carry for inputs of ``batch_shape`` (each cell defines it)."""
+        raise NotImplementedError
+
     def _init_weights(
         self,
         in_features: int,

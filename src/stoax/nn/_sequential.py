@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import jax
 
@@ -36,7 +37,7 @@ class Sequential(Module):
     layers: tuple[Callable, ...]
 
     def __init__(self, layers: Sequence[Callable]):
-        self.layers = layers
+        self.layers = cast(tuple[Callable[..., Any], ...], layers)  # a tuple after __check_init__
 
     def __check_init__(self) -> None:
         layers = self.layers
