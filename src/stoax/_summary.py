@@ -105,7 +105,7 @@ def tabulate(model: Any, *inputs: Any, **kwargs: Any) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     right = (False, False, False, True, True)
 
-    def line(r):
+    def line(r: tuple[str, ...]) -> str:
         cells = [
             c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right, strict=True)
         ]

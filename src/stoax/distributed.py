@@ -326,7 +326,9 @@ def launch(
     return results
 
 
-def _wait(procs: list[subprocess.Popen], *, timeout: float, grace: float) -> tuple[set[int], bool]:
+def _wait(
+    procs: list[subprocess.Popen[bytes]], *, timeout: float, grace: float
+) -> tuple[set[int], bool]:
     """Wait for ``procs``; kill all on timeout, the rest ``grace`` s after a failure. Returns
     the ids killed and whether the timeout struck."""
     deadline = time.monotonic() + timeout
@@ -348,7 +350,7 @@ def _wait(procs: list[subprocess.Popen], *, timeout: float, grace: float) -> tup
         time.sleep(0.05)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process group of ``proc`` (it leads its own session), children included."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

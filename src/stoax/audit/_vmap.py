@@ -77,7 +77,7 @@ def _join(a: tuple, b: tuple) -> tuple:
 class VmapHook:
     """Context manager: while active, records :class:`VmapFinding` s in ``findings``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.findings: list[VmapFinding] = []
         self._taint: dict[int, tuple[Any, Any]] = {}
         self._memo: dict[tuple, tuple] = {}

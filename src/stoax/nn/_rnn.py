@@ -218,7 +218,9 @@ class RNN(Module):
             return drop.then(_affine, xs, cell.input_kernel, cell.bias, key=key)
         return cell.project_input(self._drop_sequence(xs, self.dropout, key))
 
-    def _step(self, key: jax.Array | None, active: bool, batch: tuple[int, ...], dtype: Any):
+    def _step(
+        self, key: jax.Array | None, active: bool, batch: tuple[int, ...], dtype: Any
+    ) -> Callable[..., Any]:
         """The scan body: recurrent product (with recurrent dropout), gates, padding."""
         cell = self.cell
         kernel = cell.recurrent_kernel

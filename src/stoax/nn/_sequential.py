@@ -34,9 +34,9 @@ class Sequential(Module):
         (8,)
     """
 
-    layers: tuple[Callable, ...]
+    layers: tuple[Callable[..., Any], ...]
 
-    def __init__(self, layers: Sequence[Callable]):
+    def __init__(self, layers: Sequence[Callable[..., Any]]):
         self.layers = cast(tuple[Callable[..., Any], ...], layers)  # a tuple after __check_init__
 
     def __check_init__(self) -> None:
@@ -83,7 +83,7 @@ class Sequential(Module):
             layers.append(layer)
         return x, self.replace(layers=tuple(layers))
 
-    def __getitem__(self, i: int | slice) -> Callable | Sequential:
+    def __getitem__(self, i: int | slice) -> Callable[..., Any] | Sequential:
         if isinstance(i, slice):
             return Sequential(self.layers[i])
         return self.layers[i]
