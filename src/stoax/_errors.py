@@ -98,5 +98,5 @@ def locate_layer_errors(call: Callable[..., Any]) -> Callable[..., Any]:
             error.enter(self)
             raise
 
-    __call__._stoax_locates = True  # type: ignore[attr-defined]
+    __call__._stoax_locates = True  # type: ignore[attr-defined]  # a marker on the function
     return __call__

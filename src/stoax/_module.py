@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, dataclass_transform
 
 import jax
 import numpy as np
@@ -287,10 +287,15 @@ def _finish(module: Module) -> None:
     _flatten(module)  # fail at construction, not at the first jit, if a field was never set
 
 
+_T = TypeVar("_T")
+
+
 class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+    # (typed as returning an instance of the class: checkers then type a construction by the
+    # class's __init__)
+    def __call__(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
         note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
 
         klass: Any = cls  # a class of modules (checkers would type cls as the metaclass)

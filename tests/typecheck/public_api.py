@@ -57,6 +57,10 @@ def module_api() -> None:
     assert_type(stoax.keys.child(key, "encoder"), jax.Array)
     assert_type(stoax.keys.child(None, "encoder"), None)
     assert_type(stoax.step_key(0, 3), jax.Array)
+    assert_type(stoax.random.dropout(jnp.ones(4), 0.5, key), jax.Array)
+    norm = stoax.nn.BatchNorm(2)
+    y, norm = stoax.apply(norm, jnp.ones((4, 2)))
+    assert_type(norm, stoax.nn.BatchNorm)
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from typing import IO, Any
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no locking there: checked before use
 
 __all__ = [
     "FolderBusyError",
