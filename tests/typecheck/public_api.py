@@ -8,6 +8,7 @@ the suite. ``tests/test_typecheck.py`` also runs :func:`main`: each use below ru
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import assert_type
 
 import jax
@@ -41,6 +42,9 @@ def audit_api() -> None:
     assert_type(found[0].location, Location | None)
     assert [f.kind for f in found] == ["constant_key"]
     assert_type(stoax.audit.AuditReport, type[AuditReport])
+    # a typed function to checkers: (fn, *args, **kwargs) -> AuditReport
+    audit: Callable[..., AuditReport] = stoax.audit
+    assert audit(step, jnp.ones(4), jax.random.key(1)).ok
 
 
 def module_api() -> None:
