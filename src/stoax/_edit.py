@@ -87,11 +87,11 @@ def _replace(
         ) from None
     new_child = _replace(child, rest, value, path, [*done, step]) if rest else value
     if is_module(node):
-        return node.replace(**{step: new_child})
+        return node.replace(**{str(step): new_child})
     if isinstance(node, dict | FrozenDict):
         return type(node)({**node, step: new_child})
     items = list(node)
-    items[step] = new_child
+    items[int(step)] = new_child
     return type(node)(items) if not hasattr(node, "_fields") else type(node)(*items)
 
 

@@ -67,7 +67,11 @@ def _field_path(module: Any, child: Any) -> str:
     if not dataclasses.is_dataclass(module):
         return f".<{type(child).__name__}>"
     fields = [(f.name, getattr(module, f.name, None)) for f in dataclasses.fields(module)]
-    for match in (lambda v: v is child, lambda v: type(v) is type(child)):
+    matchers: tuple[Callable[[Any], bool], ...] = (
+        lambda v: v is child,
+        lambda v: type(v) is type(child),
+    )
+    for match in matchers:
         for name, value in fields:
             if match(value):
                 return f".{name}"
@@ -94,5 +98,5 @@ def locate_layer_errors(call: Callable[..., Any]) -> Callable[..., Any]:
             error.enter(self)
             raise
 
-    __call__._stoax_locates = True  # type: ignore[attr-defined]
+    __call__._stoax_locates = True  # type: ignore[attr-defined]  # a marker on the function
     return __call__

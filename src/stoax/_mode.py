@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +31,7 @@ __all__ = ["set_mode", "train_mode", "eval_mode", "check_training_flag", "has_tr
 M = TypeVar("M")
 
 
-def check_training_flag(training: object, where: str) -> bool | jax.Array:
+def check_training_flag(training: Any, where: str) -> bool | jax.Array:
     """Validate a train/eval flag: a Python bool, or a scalar boolean JAX array."""
     if isinstance(training, bool | np.bool_):
         return bool(training)

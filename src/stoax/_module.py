@@ -36,7 +36,7 @@ import dataclasses
 import inspect
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, dataclass_transform
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar, dataclass_transform
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,7 @@ _FLAT = "__stoax_flat__"  # instance cache: (children, aux) -- valid because ins
 _TRAINABLE = "trainable"  # key of the field metadata that marks non-trainable arrays
 _CONVERTER = "converter"  # key of the field metadata that holds stoax.field(converter=...)
 _CONVERTERS = "__stoax_converters__"  # class attribute: {field name: converter}, set per class
+_STATE = "stoax_state"  # field metadata flag: the field's arrays are updated by the forward pass
 
 
 def is_array(x: Any) -> bool:
@@ -179,6 +180,7 @@ class _StaticLeaf:
     """
 
     __slots__ = ("value",)
+    value: Any
 
     def __init__(self, value: Any):
         self.value = value
@@ -194,6 +196,7 @@ class _Hashable:
     it looks up compiled functions, and lists or dicts in a field must not break that."""
 
     __slots__ = ("value",)
+    value: Any
 
     def __init__(self, value: Any):
         self.value = value
@@ -244,10 +247,12 @@ _MIXED = 1  # a container holding arrays and static values: the child has the st
 
 
 def _flatten(module: Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
-    cached = module.__dict__.get(_FLAT)
+    cached: tuple[tuple[Any, ...], tuple[Any, ...]] | None = module.__dict__.get(_FLAT)
     if cached is not None:
         return cached
-    children, child_fields, static_fields = [], [], []
+    children: list[Any] = []
+    child_fields: list[tuple[str, int]] = []
+    static_fields: list[tuple[str, _Hashable]] = []
     for f in dataclasses.fields(module):
         value = module.__dict__.get(f.name, dataclasses.MISSING)
         if value is dataclasses.MISSING:
@@ -268,13 +273,15 @@ def _flatten(module: Module) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     return flat
 
 
-def _flatten_with_keys(module: Module):
+def _flatten_with_keys(
+    module: Module,
+) -> tuple[list[tuple[jax.tree_util.GetAttrKey, Any]], tuple[Any, ...]]:
     children, aux = _flatten(module)
     keys = [jax.tree_util.GetAttrKey(name) for name, _ in aux[0]]
     return list(zip(keys, children, strict=True)), aux
 
 
-def _unflatten(cls: type[Module], aux, children) -> Module:
+def _unflatten(cls: type[Module], aux: tuple[Any, ...], children: Any) -> Module:
     module = object.__new__(cls)
     child_fields, static_fields = aux
     for (name, role), value in zip(child_fields, children, strict=True):
@@ -286,7 +293,7 @@ def _unflatten(cls: type[Module], aux, children) -> Module:
     return module
 
 
-class FrozenDict(Mapping):
+class FrozenDict(Mapping[Any, Any]):
     """A read-only, hashable dict: what a ``dict`` in a static field of a module becomes.
 
     Example:
@@ -297,6 +304,7 @@ class FrozenDict(Mapping):
     """
 
     __slots__ = ("_data",)
+    _data: dict[Any, Any]
 
     def __init__(self, *args: Any, **kwargs: Any):
         object.__setattr__(self, "_data", dict(*args, **kwargs))
@@ -332,10 +340,10 @@ def _freeze(value: Any) -> Any:
             return value
         return type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
     if isinstance(value, dict | FrozenDict):
-        items = {k: _freeze(v) for k, v in value.items()}
-        if isinstance(value, FrozenDict) and all(items[k] is value[k] for k in items):
+        entries = {k: _freeze(v) for k, v in value.items()}
+        if isinstance(value, FrozenDict) and all(entries[k] is value[k] for k in entries):
             return value
-        return FrozenDict(items)
+        return FrozenDict(entries)
     if isinstance(value, set):
         return frozenset(value)
     return value
@@ -376,13 +384,19 @@ def _finish(module: Module, changed: Iterable[str] | None = None) -> None:
     _flatten(module)  # fail at construction, not at the first jit, if a field was never set
 
 
+_T = TypeVar("_T")
+
+
 class _ModuleMeta(type):
     """Freezes an instance once its ``__init__`` (generated or hand-written) has returned."""
 
-    def __call__(cls, *args: Any, **kwargs: Any):
+    # (typed as returning an instance of the class: checkers then type a construction by the
+    # class's __init__)
+    def __call__(cls: type[_T], *args: Any, **kwargs: Any) -> _T:
         note_module_type(cls)  # known to Flax NNX when it is loaded (stoax/_peers.py)
 
-        module = cls.__new__(cls)
+        klass: Any = cls  # a class of modules (checkers would type cls as the metaclass)
+        module = klass.__new__(klass)
         object.__setattr__(module, _FROZEN, False)
         module.__init__(*args, **kwargs)
         _finish(module)
@@ -394,13 +408,36 @@ class _ModuleMeta(type):
         # __call__ above: for inspect.signature, help() and editors. A property of the
         # metaclass, so instances (callable layers) keep their __call__ signature.
         try:
-            sig = inspect.signature(cls.__init__)
+            klass: Any = cls
+            sig = inspect.signature(klass.__init__)
         except (TypeError, ValueError):
             return None
         return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
-@dataclass_transform(field_specifiers=(field, dataclasses.field))
+# (Defined here, not in stoax/_state.py, to be a field specifier of Module for type checkers.)
+def state_field(**kwargs: Any) -> Any:
+    """A field whose arrays are *state*: not trainable (:func:`stoax.partition` keeps them out of
+    the optimiser's way) and updated by the layer's ``apply``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, stoax
+        >>> class Counter(stoax.Module):
+        ...     count: jax.Array = stoax.state_field(default_factory=lambda: jnp.zeros((), int))
+        ...     def apply(self, x, *, key=None):
+        ...         return x, self.replace(count=self.count + 1)
+        ...     def __call__(self, x, *, key=None):
+        ...         return self.apply(x, key=key)[0]
+        >>> _, c = stoax.apply(Counter(), jnp.ones(2))
+        >>> int(c.count), stoax.partition(c)[0].count is None
+        (1, True)
+    """
+    metadata = dict(kwargs.pop("metadata", None) or {})
+    metadata[_STATE] = True
+    return field(trainable=False, metadata=metadata, **kwargs)
+
+
+@dataclass_transform(field_specifiers=(field, state_field, dataclasses.field))
 class Module(metaclass=_ModuleMeta):
     """Base class of stoax modules: an immutable dataclass that is also a pytree.
 
@@ -461,12 +498,21 @@ class Module(metaclass=_ModuleMeta):
         Array(3., dtype=float32)
     """
 
+    if TYPE_CHECKING:
+        # What dataclasses.dataclass sets on each subclass (__init_subclass__).
+        __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]
+
+        # A module is called as a layer, ``module(x, *, key=None, ...)``: each subclass defines
+        # its own call, which this signature admits, so code typed with ``Module`` may call one.
+        def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
     def __init_subclass__(cls, **kwargs: Any):
         super().__init_subclass__(**kwargs)
         call = cls.__dict__.get("__call__")
         if call is not None and not getattr(call, "_stoax_locates", False):
-            cls.__call__ = locate_layer_errors(call)  # errors name the field path of a layer
-            cls.__call__ = named_scope(cls.__call__, cls.__name__)  # layer names in HLO/profiles
+            # errors name the field path of a layer; layer names in HLO and profiles
+            wrapped = named_scope(locate_layer_errors(call), cls.__name__)
+            cls.__call__ = wrapped  # type: ignore[method-assign]  # the class's own, wrapped
         has_own_init = "__init__" in cls.__dict__
         dataclasses.dataclass(cls, init=not has_own_init, repr=False, eq=False)
         jax.tree_util.register_pytree_with_keys(
@@ -488,7 +534,7 @@ class Module(metaclass=_ModuleMeta):
     def __delattr__(self, name: str) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot delete {type(self).__name__}.{name}")
 
-    def replace(self, **changes: Any) -> Module:
+    def replace(self, **changes: Any) -> Self:
         """A copy of this module with some fields changed (``dataclasses.replace`` for modules,
         also for modules with a hand-written ``__init__``). The changed fields are converted as
         at construction (``stoax.field(converter=...)``, a Python number in a ``jax.Array``
@@ -521,7 +567,7 @@ class Module(metaclass=_ModuleMeta):
             return NotImplemented
         leaves_a, tree_a = jax.tree.flatten(self)
         leaves_b, tree_b = jax.tree.flatten(other)
-        if tree_a != tree_b:
+        if not same_structure(tree_a, tree_b):
             return False
         return all(_leaf_equal(a, b) for a, b in zip(leaves_a, leaves_b, strict=True))
 
@@ -544,5 +590,15 @@ def _leaf_equal(a: Any, b: Any) -> bool:
     return bool(np.shape(a) == np.shape(b) and np.array_equal(np.asarray(a), np.asarray(b)))
 
 
-def field_is_trainable(f: dataclasses.Field) -> bool:
+def same_structure(a: Any, b: Any) -> bool:
+    """Whether two tree definitions are equal. (jaxlib ships no type stub for ``PyTreeDef``: its
+    ``==`` is unknown to type checkers, so comparisons go through this typed function.)"""
+    return bool(a == b)
+
+
+def field_is_trainable(f: dataclasses.Field[Any]) -> bool:
     return bool(f.metadata.get(_TRAINABLE, True))
+
+
+def field_is_state(f: dataclasses.Field[Any]) -> bool:
+    return bool(f.metadata.get(_STATE, False))

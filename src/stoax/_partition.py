@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import jax
 import jax.numpy as jnp
 
-from stoax._module import Module, field_is_trainable, is_array, is_module
+from stoax._module import Module, field_is_trainable, is_array, is_module, same_structure
 
 __all__ = ["trainable", "partition", "combine"]
 
@@ -96,7 +96,7 @@ def combine(*trees: T) -> T:
     first_def = jax.tree.structure(trees[0], is_leaf=is_hole)
     for i, tree in enumerate(trees[1:], start=1):
         other = jax.tree.structure(tree, is_leaf=is_hole)
-        if other != first_def:
+        if not same_structure(other, first_def):
             raise ValueError(
                 f"combine: tree {i} does not have the structure of tree 0 -- they are not two "
                 f"halves of one model (from stoax.partition(model)).\n  tree 0: {first_def}\n"

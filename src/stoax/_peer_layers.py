@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import functools
 import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -37,6 +38,7 @@ def _signature_takes_key(fn: Any) -> bool:
 def takes_key(layer: Any) -> bool:
     """True when ``layer(x, key=...)`` is how ``layer`` is called: its call has a ``key``
     parameter that can be passed by keyword."""
+    target: Callable[..., Any]
     if inspect.isfunction(layer) or inspect.ismethod(layer) or isinstance(layer, functools.partial):
         target = layer
     else:

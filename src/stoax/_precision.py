@@ -10,7 +10,7 @@ probability (an integer threshold on random bits, whatever the dtype).
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +40,7 @@ def cast(tree: T, dtype: jnp.dtype) -> T:
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"stoax.cast: dtype must be a floating dtype, got {dtype}.")
 
-    def one(x):
+    def one(x: Any) -> Any:
         if is_array(x) and jnp.issubdtype(x.dtype, jnp.floating):
             return jnp.asarray(x).astype(dtype)
         return x

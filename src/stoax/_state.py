@@ -42,13 +42,12 @@ from typing import Any, TypeVar
 
 import jax
 
-from stoax._module import Module, field, is_module
+from stoax._module import Module, field_is_state, is_module, same_structure, state_field
 
 __all__ = ["StateError", "apply", "has_state", "state_field", "updates_state"]
 
 M = TypeVar("M")
-
-_STATE = "stoax_state"  # field metadata flag: the field's arrays are updated by the forward pass
+C = TypeVar("C", bound=Callable[..., Any])
 
 
 class StateError(TypeError):
@@ -56,29 +55,8 @@ class StateError(TypeError):
     ``apply`` method, or an ``apply`` that returns something else than ``(y, new_module)``)."""
 
 
-def state_field(**kwargs: Any) -> Any:
-    """A field whose arrays are *state*: not trainable (:func:`stoax.partition` keeps them out of
-    the optimiser's way) and updated by the layer's ``apply``.
-
-    Example:
-        >>> import jax, jax.numpy as jnp, stoax
-        >>> class Counter(stoax.Module):
-        ...     count: jax.Array = stoax.state_field(default_factory=lambda: jnp.zeros((), int))
-        ...     def apply(self, x, *, key=None):
-        ...         return x, self.replace(count=self.count + 1)
-        ...     def __call__(self, x, *, key=None):
-        ...         return self.apply(x, key=key)[0]
-        >>> _, c = stoax.apply(Counter(), jnp.ones(2))
-        >>> int(c.count), stoax.partition(c)[0].count is None
-        (1, True)
-    """
-    metadata = dict(kwargs.pop("metadata", None) or {})
-    metadata[_STATE] = True
-    return field(trainable=False, metadata=metadata, **kwargs)
-
-
 def _declares_state(module: Module) -> bool:
-    return any(f.metadata.get(_STATE, False) for f in dataclasses.fields(module))
+    return any(field_is_state(f) for f in dataclasses.fields(module))
 
 
 def _stateful_modules(tree: Any) -> list[Module]:
@@ -109,7 +87,7 @@ def updates_state(tree: Any) -> bool:
     return any(getattr(m, "training", True) is not False for m in _stateful_modules(tree))
 
 
-def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwargs: Any):
+def apply(model: C, x: Any, *args: Any, key: Any = None, **kwargs: Any) -> tuple[Any, C]:
     """``(y, new_model)``: the forward pass that also returns the model with its state updated.
 
     * A module with an ``apply`` method (BatchNorm; ``Sequential``, ``Stack``, ``Ensemble``):
@@ -136,13 +114,13 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
         if updates_state(model):
             raise StateError(_no_apply_message(model))
         return model(x, *args, key=key, **kwargs), model
-    out = model.apply(x, *args, key=key, **kwargs)
+    out = method(model, x, *args, key=key, **kwargs)
     if not (isinstance(out, tuple) and len(out) == 2 and type(out[1]) is type(model)):
         raise StateError(
             f"{type(model).__name__}.apply must return (output, updated {type(model).__name__}), "
             f"got {type(out).__name__}{'' if not isinstance(out, tuple) else f' of {len(out)}'}."
         )
-    if jax.tree.structure(out[1]) != jax.tree.structure(model):
+    if not same_structure(jax.tree.structure(out[1]), jax.tree.structure(model)):
         raise StateError(
             f"{type(model).__name__}.apply returned a model of another structure than its own: "
             "an update may change array values only (not shapes, dtypes, static fields or the "
@@ -151,7 +129,7 @@ def apply(model: Callable[..., Any], x: Any, *args: Any, key: Any = None, **kwar
     return out
 
 
-def _no_apply_message(model: Module) -> str:
+def _no_apply_message(model: Any) -> str:
     name = type(model).__name__
     inner = sorted({type(m).__name__ for m in _stateful_modules(model)})
     return (

@@ -51,7 +51,7 @@ def _shape(out: Any) -> str:
     return ", ".join(f"{np.dtype(x.dtype).name}{list(x.shape)}" for x in leaves if is_array(x))
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -105,7 +105,7 @@ def tabulate(model: Any, *inputs: Any, **kwargs: Any) -> str:
     widths = [max(len(r[i]) for r in table) for i in range(5)]
     right = (False, False, False, True, True)
 
-    def line(r):
+    def line(r: tuple[str, ...]) -> str:
         cells = [
             c.rjust(w) if rj else c.ljust(w) for c, w, rj in zip(r, widths, right, strict=True)
         ]

@@ -306,10 +306,12 @@ def launch(
                 _kill_group(proc)
         results = []
         for pid, (proc, (out, err)) in enumerate(zip(procs, files, strict=True)):
-            out.seek(0), err.seek(0)
+            out.seek(0)
+            err.seek(0)
             code = None if pid in killed else proc.returncode
             results.append(ProcessResult(pid, code, out.read(), err.read()))
-            out.close(), err.close()
+            out.close()
+            err.close()
     failed = [r for r in results if r.returncode != 0]
     if check and failed:
         why = f"ran past its timeout of {timeout:g} s" if timed_out else "failed"
@@ -324,7 +326,9 @@ def launch(
     return results
 
 
-def _wait(procs: list[subprocess.Popen], *, timeout: float, grace: float) -> tuple[set[int], bool]:
+def _wait(
+    procs: list[subprocess.Popen[bytes]], *, timeout: float, grace: float
+) -> tuple[set[int], bool]:
     """Wait for ``procs``; kill all on timeout, the rest ``grace`` s after a failure. Returns
     the ids killed and whether the timeout struck."""
     deadline = time.monotonic() + timeout
@@ -346,7 +350,7 @@ def _wait(procs: list[subprocess.Popen], *, timeout: float, grace: float) -> tup
         time.sleep(0.05)
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process group of ``proc`` (it leads its own session), children included."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)

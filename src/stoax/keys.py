@@ -37,7 +37,7 @@ Example:
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, overload
 
 import jax
 import jax.numpy as jnp
@@ -150,9 +150,7 @@ def _check_index(value: Any, where: str, what: str) -> Any:
     )
 
 
-def _derive(key: Any, name: Any, where: str, by_name: int, by_position: int) -> jax.Array | None:
-    if key is None:
-        return None
+def _derive(key: Any, name: Any, where: str, by_name: int, by_position: int) -> jax.Array:
     key = as_key(key, where=f"{where}({name!r})")
     if isinstance(name, str):
         return _fold(key, by_name, _name_to_int(name))
@@ -161,7 +159,13 @@ def _derive(key: Any, name: Any, where: str, by_name: int, by_position: int) -> 
     raise TypeError(f"{where}: a child is named by a str or an int, got {name!r}.")
 
 
-def child(key: jax.Array | None, name: str | int) -> jax.Array | None:
+@overload
+def child(key: jax.Array, name: str | int | jax.Array) -> jax.Array: ...
+@overload
+def child(key: None, name: str | int | jax.Array) -> None: ...
+@overload
+def child(key: jax.Array | None, name: str | int | jax.Array) -> jax.Array | None: ...
+def child(key: jax.Array | None, name: str | int | jax.Array) -> jax.Array | None:
     """The forward-pass key of the child called ``name`` (a string) or at position ``name``
     (an int, or a scalar integer array such as a ``lax.scan`` index).
 
@@ -173,10 +177,20 @@ def child(key: jax.Array | None, name: str | int) -> jax.Array | None:
         >>> bool((jax.random.key_data(a) == jax.random.key_data(b)).all())
         True
     """
+    if key is None:
+        return None
     return _derive(key, name, "stoax.keys.child", NAME, POSITION)
 
 
-def derive(key: jax.Array | None, *names: str | int) -> tuple[jax.Array | None, ...]:
+@overload
+def derive(key: jax.Array, *names: str | int | jax.Array) -> tuple[jax.Array, ...]: ...
+@overload
+def derive(key: None, *names: str | int | jax.Array) -> tuple[None, ...]: ...
+@overload
+def derive(
+    key: jax.Array | None, *names: str | int | jax.Array
+) -> tuple[jax.Array | None, ...]: ...
+def derive(key: jax.Array | None, *names: str | int | jax.Array) -> tuple[jax.Array | None, ...]:
     """One key per name, each ``child(key, name)``; all ``None`` when ``key`` is ``None``.
 
     This is the helper for user-written modules: derive the keys of the sublayers by their names,
@@ -197,7 +211,7 @@ def derive(key: jax.Array | None, *names: str | int) -> tuple[jax.Array | None, 
     return tuple(child(key, name) for name in names)
 
 
-def init_child(key: jax.Array, name: str | int) -> jax.Array:
+def init_child(key: jax.Array, name: str | int | jax.Array) -> jax.Array:
     """The *initialisation* key of the sublayer called ``name`` (or at position ``name``).
 
     The init domain is separate from the forward-pass domain of :func:`child`: a model built
@@ -224,7 +238,7 @@ def init_child(key: jax.Array, name: str | int) -> jax.Array:
     return _derive(key, name, "stoax.keys.init_child", INIT_NAME, INIT_POSITION)
 
 
-def init_derive(key: jax.Array, *names: str | int) -> tuple[jax.Array, ...]:
+def init_derive(key: jax.Array, *names: str | int | jax.Array) -> tuple[jax.Array, ...]:
     """One initialisation key per name, each :func:`init_child` ``(key, name)``."""
     return tuple(init_child(key, name) for name in names)
 

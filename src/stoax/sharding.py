@@ -79,7 +79,8 @@ def check_partitionable(*, strict: bool = False) -> bool:
         True
     """
     problems = []
-    if not jax.config.jax_threefry_partitionable:
+    flags: Any = jax.config  # its options are dynamic attributes, unknown to type checkers
+    if not flags.jax_threefry_partitionable:
         problems.append(
             "jax_threefry_partitionable is False: sharded random bits (every dropout mask) are "
             "generated with all-gathers and collective-permutes. Masks are still the same on "
@@ -87,7 +88,7 @@ def check_partitionable(*, strict: bool = False) -> bool:
             "changes the value of every random draw: "
             "jax.config.update('jax_threefry_partitionable', True) (JAX's default since 0.5.0)."
         )
-    impl = str(jax.config.jax_default_prng_impl)
+    impl = str(flags.jax_default_prng_impl)
     if _RBG_UNSAFE_FLAG in os.environ.get("XLA_FLAGS", "") and "rbg" in impl:
         problems.append(
             f"XLA_FLAGS sets {_RBG_UNSAFE_FLAG} with the {impl} PRNG: random bits then depend on "

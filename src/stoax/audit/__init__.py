@@ -30,9 +30,13 @@ closed over as a static value, as ``equinox.filter_jit`` does. Only array leaves
 are outputs, and a draw whose result reaches no output (nor a side effect) is dead code: it does
 not count.
 
-``stoax.audit`` is an :class:`Audit` object: calling it audits, and its attributes are this
-package's public names (``stoax.audit.shared()``, ``stoax.audit.AuditReport``, ...);
-``from stoax.audit import AuditReport, Finding`` imports from the package as usual.
+``stoax.audit`` is an :class:`Audit` object (a module cannot be called): calling it audits, and
+its attributes are this package's public names (``stoax.audit.shared()``,
+``stoax.audit.AuditReport``, ...); ``from stoax.audit import AuditReport, Finding`` imports from
+the package as usual. Both are typed: a checker sees ``stoax.audit(...)`` return an
+:class:`AuditReport` (``tests/typecheck/public_api.py``). One spelling confuses checkers: after
+``import stoax.audit`` pyright takes ``stoax.audit`` for the package, not the object; write
+``import stoax`` (or ``from stoax.audit import ...``) instead.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from typing import Any
 
 import jax
 
+from stoax.audit import _findings
 from stoax.audit._analysis import SHARED_SCOPE, Analyzer
 from stoax.audit._findings import (
     KINDS,
@@ -72,7 +77,7 @@ __all__ = [  # and ``Audit``, the type of ``stoax.audit``
 ]
 
 
-def shared() -> contextlib.AbstractContextManager:
+def shared() -> contextlib.AbstractContextManager[None]:
     """Declare randomness drawn inside this block as *shared on purpose*.
 
     It is ``jax.named_scope("stoax_shared_randomness")``: it changes nothing in the computation,
@@ -101,7 +106,7 @@ def shared() -> contextlib.AbstractContextManager:
     return jax.named_scope(SHARED_SCOPE)
 
 
-def _run(fn: Callable[..., Any], args: tuple, kwargs: dict) -> AuditReport:
+def _run(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> AuditReport:
     t0 = time.perf_counter()
     hook = VmapHook()
     closed, _ = trace(fn, args, kwargs, hooks=hook)
@@ -164,7 +169,12 @@ class Audit:
         # the submodule through it
         self.__name__ = __name__
 
-    def __call__(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> AuditReport:
+    # (``_findings.AuditReport``: in this class body, ``AuditReport`` names the attribute above)
+    def __call__(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> _findings.AuditReport:
+        """Audit ``fn(*args, **kwargs)`` (traced, not run): an :class:`AuditReport` of its
+        randomness bugs."""
         return _run(fn, args, kwargs)
 
     def __repr__(self) -> str:

@@ -269,7 +269,8 @@ def splits_are_fold_ins(dtype: Any) -> bool:
     if key_impl_name(dtype) not in ("threefry2x32", "rbg"):
         return False
     try:
-        return bool(jax.config.jax_threefry_partitionable)
+        flags: Any = jax.config  # its options are dynamic attributes, unknown to type checkers
+        return bool(flags.jax_threefry_partitionable)
     except AttributeError as err:
         raise unsupported("jax.config.jax_threefry_partitionable is gone") from err
 

@@ -271,8 +271,8 @@ class AuditReport:
             out.extend(
                 textwrap.wrap(f.message, 96, initial_indent="    ", subsequent_indent="    ")
             )
-            for r in f.related:
-                out.append(f"    see also: {r}")
+            for loc in f.related:
+                out.append(f"    see also: {loc}")
             out.extend(
                 textwrap.wrap(
                     "fix: " + f.fix, 96, initial_indent="    ", subsequent_indent="      "

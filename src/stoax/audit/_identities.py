@@ -11,7 +11,7 @@ inputs) into a call site's.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -112,8 +112,8 @@ class Identities:
         shape = tuple(aval.shape)
         if is_key_dtype(aval.dtype):
             n = int(np.prod(shape, dtype=np.int64))
-            flat = [self.intern(Expr("param", (i, j, False))) for j in range(n)]
-            return np.array(flat, dtype=np.int64).reshape(shape)
+            elems = [self.intern(Expr("param", (i, j, False))) for j in range(n)]
+            return np.array(elems, dtype=np.int64).reshape(shape)
         lead = shape[:-1] if shape else ()
         n = int(np.prod(lead, dtype=np.int64))
         flat = np.array([self.intern(Expr("param", (i, j, True))) for j in range(n)], np.int64)
@@ -227,9 +227,9 @@ class Substitution:
         else:
             e = ids.exprs[i]
             if e.kind == "param":
-                r = self._param_elem(*e.payload)
+                r = self._param_elem(*cast(tuple[int, int, bool], e.payload))
             elif e.kind == "param_data":
-                r = self.p_did(e.payload)
+                r = self.p_did(cast(int, e.payload))
             else:
                 r = ids.intern(Expr(e.kind, e.payload, tuple(self.sub(c) for c in e.children)))
         self.memo[i] = r

@@ -54,11 +54,12 @@ def _cond(an: Analyzer, fr: Frame, i: int, eqn: Any) -> None:
         outs = []
         for summ, sub in results:
             deps |= sub.mask(summ.out_deps[j])
-            ids = summ.out_ids[j]
-            outs.append(None if ids is None else sub.sub_arr(ids))
-        ids = None
-        if all(o is not None for o in outs) and all(np.array_equal(outs[0], o) for o in outs):
-            ids = outs[0]
+            sub_ids = summ.out_ids[j]
+            outs.append(None if sub_ids is None else sub.sub_arr(sub_ids))
+        ids: np.ndarray | None = None
+        present = [o for o in outs if o is not None]
+        if len(present) == len(outs) and all(np.array_equal(present[0], o) for o in present):
+            ids = present[0]
         elif is_key_dtype(getattr(v.aval, "dtype", None)) or any(o is not None for o in outs):
             ids = an.ids.fresh_arr(tuple(v.aval.shape))
         fr.set(v, deps, ids)
@@ -158,8 +159,9 @@ def _passthrough(an: Analyzer, loop: _Loop, summ: Summary, has: tuple) -> list[b
     out = []
     for j, c in enumerate(loop.carry):
         same = inner.outvars[j] is inner.invars[nc + j]
-        if not same and has[nc + j] and summ.out_ids[j] is not None:
-            same = bool(np.array_equal(summ.out_ids[j], an.ids.param_ids(nc + j, c.aval)))
+        out_ids = summ.out_ids[j]
+        if not same and has[nc + j] and out_ids is not None:
+            same = bool(np.array_equal(out_ids, an.ids.param_ids(nc + j, c.aval)))
         out.append(same)
     return out
 

@@ -55,7 +55,7 @@ LIBRARY_PACKAGES = (
 
 @functools.cache
 def _library_prefixes() -> tuple[str, ...]:
-    prefixes = []
+    prefixes: list[str] = []
     for name in LIBRARY_PACKAGES:
         try:
             spec = importlib.util.find_spec(name)

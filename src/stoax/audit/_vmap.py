@@ -77,7 +77,7 @@ def _join(a: tuple, b: tuple) -> tuple:
 class VmapHook:
     """Context manager: while active, records :class:`VmapFinding` s in ``findings``."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.findings: list[VmapFinding] = []
         self._taint: dict[int, tuple[Any, Any]] = {}
         self._memo: dict[tuple, tuple] = {}
@@ -333,6 +333,7 @@ class VmapHook:
             in_flags = [read(a) for a in eqn.invars]
             sh = shared or _shared_name_stack(_compat.eqn_name_stack(eqn))
             name = eqn.primitive.name
+            res: list[tuple[bool, Any]]
             if name in ("random_bits", "random_unwrap"):
                 if in_flags[0][0]:
                     res = [(True, None)]
@@ -344,8 +345,8 @@ class VmapHook:
             else:
                 subs = sub_jaxprs(eqn.params)
                 if subs:
-                    loc = location_of(eqn) or outer
-                    res = self._call(name, eqn.params, subs, in_flags, sh, eqn.outvars, loc)
+                    where = location_of(eqn) or outer
+                    res = self._call(name, eqn.params, subs, in_flags, sh, eqn.outvars, where)
                 else:
                     res = self._first_order(in_flags, len(eqn.outvars), sh, _Lazy(eqn, outer), name)
             for v, f in zip(eqn.outvars, res, strict=False):

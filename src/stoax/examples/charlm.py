@@ -96,8 +96,8 @@ class Config:
         """The fresh train state of a run: the model built from the seed, Adam at step 0. The
         rate is a JAX array (a non-trainable leaf): both runs share every compiled program."""
         key = stoax.keys.child(jax.random.key(self.seed), "init")
-        rate = jnp.asarray(rate, jnp.float32)
-        return _init_state(key, rate, vocab_size, self, tx=self.optimizer())
+        rate_leaf = jnp.asarray(rate, jnp.float32)
+        return _init_state(key, rate_leaf, vocab_size, self, tx=self.optimizer())
 
 
 @functools.cache

@@ -50,7 +50,9 @@ IMAGE_SIDE, N_CLASSES = 8, 10
 N_PIXELS = IMAGE_SIDE * IMAGE_SIDE
 
 
-def load_data(seed: int, test_fraction: float = 0.2) -> tuple[dict[str, np.ndarray], ...]:
+def load_data(
+    seed: int, test_fraction: float = 0.2
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The digits split into ``(train, test)`` dicts of ``x`` (float32 pixels in [0, 1]) and
     ``y`` (int32 labels): a stratified split that depends on ``seed`` only."""
     load_digits = require("sklearn.datasets", "the digits example").load_digits
@@ -140,8 +142,8 @@ class Config:
         a JAX array, a non-trainable leaf: the two runs differ in a value, not in structure, so
         they share every compiled program (init, train step, evaluation)."""
         key = stoax.keys.child(jax.random.key(self.seed), "init")
-        rate = jnp.asarray(rate, jnp.float32)
-        return _init_state(key, rate, make=MODELS[self.model], tx=self.optimizer())
+        rate_leaf = jnp.asarray(rate, jnp.float32)
+        return _init_state(key, rate_leaf, make=MODELS[self.model], tx=self.optimizer())
 
 
 @functools.cache

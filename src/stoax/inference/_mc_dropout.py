@@ -28,7 +28,8 @@ def _stochastic(model: Any, layers: tuple[type, ...]) -> Any:
     def on(m: Any) -> Any:
         if isinstance(m, layers):
             found.append(m)
-            return m.replace(training=True)
+            layer: Any = m  # a stochastic layer: it has a training field
+            return layer.replace(training=True)
         return m
 
     model = map_modules(on, model)

@@ -115,7 +115,7 @@ class Sampler(Module):
     top_p: float | jax.Array | None = None
     greedy: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         t = self.temperature
         if isinstance(t, bool) or not (isinstance(t, int | float) or hasattr(t, "dtype")):
             raise TypeError(f"Sampler: temperature must be a number > 0, got {t!r}.")

@@ -47,7 +47,7 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
-def _flatten(module: Module):
+def _flatten(module: Module) -> tuple[list[tuple[str, Any]], tuple[tuple[str, ...], Any]]:
     children, treedef = jax.tree_util.tree_flatten_with_path(
         module, is_leaf=lambda x: x is not module
     )
@@ -62,7 +62,7 @@ def _flatten(module: Module):
     return sorted(nodes), (order, treedef)
 
 
-def _unflatten(nodes, aux):
+def _unflatten(nodes: Any, aux: tuple[tuple[str, ...], Any]) -> Any:
     order, treedef = aux
     by_name = dict(nodes)
     children = []

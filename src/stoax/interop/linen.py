@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import cast
+
 import flax.linen as linen
 import jax
 from flax.linen.module import merge_param
@@ -46,17 +48,18 @@ class Dropout(linen.Dropout):
         ``rng``: the key; by default ``self.make_rng(self.rng_collection)`` (pass
         ``rngs={'dropout': key}`` to ``apply``).
         """
-        deterministic = merge_param("deterministic", self.deterministic, deterministic)
-        skip_now = is_static_true(deterministic) or (
-            isinstance(self.rate, float | int) and self.rate == 0.0
+        # (typed object by flax: the argument is a bool or a JAX bool, the attribute a bool)
+        skip = cast(
+            bool | jax.Array, merge_param("deterministic", self.deterministic, deterministic)
         )
+        skip_now = is_static_true(skip) or (isinstance(self.rate, float | int) and self.rate == 0.0)
         if rng is None and not skip_now:
             rng = self.make_rng(self.rng_collection)
         return lean_dropout(
             inputs,
             self.rate,
             rng,
-            skip=deterministic,
+            skip=skip,
             broadcast_dims=self.broadcast_dims,
             where=f"stoax.interop.linen.Dropout ({self.name or 'unnamed'})",
             how_to_key=f"pass rngs={{{self.rng_collection!r}: key}} to apply.",

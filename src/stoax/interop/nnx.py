@@ -133,7 +133,7 @@ def params(model: Any) -> Any:
         impl = graphlib.get_node_impl(node)
         if impl is None:
             return
-        trainable_fields = (
+        trainable_fields: dict[Any, bool] | None = (
             {f.name: field_is_trainable(f) for f in dataclasses.fields(node)}
             if is_module(node)
             else None

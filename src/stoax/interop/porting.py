@@ -33,7 +33,7 @@ from stoax.nn import Conv, Embedding, LayerNorm, Linear, MultiHeadAttention
 __all__ = ["from_flax", "from_equinox"]
 
 
-def _fit(layer: Module, name: str, value: Any, source: str) -> jnp.ndarray:
+def _fit(layer: Module, name: str, value: Any, source: str) -> jnp.ndarray | None:
     current = getattr(layer, name)
     if value is None or current is None:
         if (value is None) != (current is None):

@@ -198,7 +198,10 @@ class BatchNorm(Module):
 def _as_tuple(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         return (int(value),)
-    ints = isinstance(value, Sequence) and all(isinstance(v, int | np.integer) for v in value)
-    if ints and value:
+    if (
+        isinstance(value, Sequence)
+        and value
+        and all(isinstance(v, int | np.integer) for v in value)
+    ):
         return tuple(int(v) for v in value)
     raise TypeError(f"BatchNorm: {name} must be an int or a tuple of ints, got {value!r}.")

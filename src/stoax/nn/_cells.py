@@ -53,6 +53,10 @@ class _Cell(Module):
     recurrent_kernel: jax.Array
     bias: jax.Array
 
+    def initial_carry(self, batch_shape: tuple[int, ...] = (), dtype: Any = None) -> Any:
+        """The zero carry for inputs of ``batch_shape`` (each cell defines it)."""
+        raise NotImplementedError
+
     def _init_weights(
         self,
         in_features: int,
@@ -111,7 +115,9 @@ class _Cell(Module):
                 "initial_carry(batch_shape).",
             )
 
-    def __call__(self, carry: Any, x: jax.Array, *, key: jax.Array | None = None):
+    def __call__(
+        self, carry: Any, x: jax.Array, *, key: jax.Array | None = None
+    ) -> tuple[Any, jax.Array]:
         """One time step: ``(carry, x) -> (carry, y)``.
 
         Args:
@@ -198,7 +204,9 @@ class LSTMCell(_Cell):
     def hidden(self, carry: tuple[jax.Array, jax.Array]) -> jax.Array:
         return carry[1]
 
-    def update(self, carry, xw, hw):
+    def update(
+        self, carry: tuple[jax.Array, jax.Array], xw: jax.Array, hw: jax.Array
+    ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
         """The gates from the input projection ``xw`` and the recurrent one ``hw``."""
         c, _ = carry
         i, f, g, o = jnp.split(xw + hw, 4, axis=-1)
@@ -269,7 +277,7 @@ class GRUCell(_Cell):
         dtype = self.recurrent_kernel.dtype if dtype is None else dtype
         return jnp.zeros((*batch_shape, self.hidden_features), dtype)
 
-    def update(self, carry, xw, hw):
+    def update(self, carry: jax.Array, xw: jax.Array, hw: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The gates from the input projection ``xw`` and the recurrent one ``hw``."""
         x_r, x_z, x_n = jnp.split(xw, 3, axis=-1)
         h_r, h_z, h_n = jnp.split(hw, 3, axis=-1)
@@ -328,7 +336,7 @@ class SimpleCell(_Cell):
         dtype = self.recurrent_kernel.dtype if dtype is None else dtype
         return jnp.zeros((*batch_shape, self.hidden_features), dtype)
 
-    def update(self, carry, xw, hw):
+    def update(self, carry: jax.Array, xw: jax.Array, hw: jax.Array) -> tuple[jax.Array, jax.Array]:
         """The new state from the input projection ``xw`` and the recurrent one ``hw``."""
         h = self.activation(xw + hw)
         return h, h

@@ -37,7 +37,7 @@ class DropPath(Module):
     rate: float | jax.Array = field(trainable=False)
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         self.rate = check_rate(self.rate, "DropPath")
         self.training = check_training_flag(self.training, "DropPath")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 
 from stoax._errors import LayerValueError
@@ -38,7 +40,7 @@ class Dropout(Module):
     broadcast_dims: tuple[int, ...] = ()
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         self.rate = check_rate(self.rate, "Dropout")
         self.broadcast_dims = check_broadcast_dims(self.broadcast_dims, "Dropout")
         self.training = check_training_flag(self.training, "Dropout")
@@ -63,7 +65,13 @@ class Dropout(Module):
         key = draw_key(self, key)
         return by_mode(self, dropout(x, self.rate, key, broadcast_dims=self.broadcast_dims), x)
 
-    def then(self, fn, x: jax.Array, *operands: jax.Array, key: jax.Array | None = None):
+    def then(
+        self,
+        fn: Callable[..., jax.Array],
+        x: jax.Array,
+        *operands: jax.Array,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
         """``fn(self(x, key=key), *operands)`` as one differentiated unit
         (:func:`stoax.random.dropout_then`): the backward pass keeps ``x`` and the key, not the
         dropped ``x``. Use it when the next op is a matmul (attention ``probs @ v``).

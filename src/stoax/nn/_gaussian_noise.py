@@ -32,7 +32,7 @@ class GaussianNoise(Module):
     stddev: float | jax.Array = field(trainable=False)
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __check_init__(self):
+    def __check_init__(self) -> None:
         self.stddev = check_stddev(self.stddev, "GaussianNoise")
         self.training = check_training_flag(self.training, "GaussianNoise")
 

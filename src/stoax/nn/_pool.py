@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ class _Pool(Module):
         self.stride = self.window if stride is None else positive_ints(stride, n, name, "stride")
         self.padding = _padding(padding, n, name)
 
-    def _reduce(self, x: jax.Array, init: float, op) -> jax.Array:
+    def _reduce(self, x: jax.Array, init: float, op: Callable[..., jax.Array]) -> jax.Array:
         require_float(x, self)
         n = len(self.window)
         if x.ndim < n + 1:
@@ -157,7 +157,7 @@ class GlobalAvgPool(Module):
     spatial_dims: int = 2
     keepdims: bool = False
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self.spatial_dims = positive_int(self.spatial_dims, "GlobalAvgPool", "spatial_dims")
         self.keepdims = bool(self.keepdims)
 

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from stoax import keys
 from stoax._errors import LayerValueError
 from stoax._mode import check_training_flag
-from stoax._module import Module, field
+from stoax._module import Module, field, same_structure
 from stoax.nn._cells import _Cell
 from stoax.nn._checks import check_rate, draw_key, require_float
 from stoax.nn._dropout import Dropout
@@ -213,7 +213,7 @@ class RNN(Module):
     def _dropout_layer(self, rate: Any, broadcast_dims: tuple[int, ...] = ()) -> Dropout:
         return Dropout(rate, broadcast_dims, training=self.training)
 
-    def _drop_sequence(self, xs: jax.Array, rate: Any, key: jax.Array) -> jax.Array:
+    def _drop_sequence(self, xs: jax.Array, rate: Any, key: jax.Array | None) -> jax.Array:
         """Dropout on a time-major sequence: one mask for all steps (variational) or step ``t``
         with ``child(key, t)`` (per step)."""
         if self.dropout_mode == "variational":
@@ -233,12 +233,15 @@ class RNN(Module):
             return drop.then(_affine, xs, cell.input_kernel, cell.bias, key=key)
         return cell.project_input(self._drop_sequence(xs, self.dropout, key))
 
-    def _step(self, key: jax.Array | None, active: bool, batch: tuple[int, ...], dtype: Any):
+    def _step(
+        self, key: jax.Array | None, active: bool, batch: tuple[int, ...], dtype: Any
+    ) -> Callable[..., Any]:
         """The scan body: recurrent product (with recurrent dropout), gates, padding."""
         cell = self.cell
         kernel = cell.recurrent_kernel
         rate = self.recurrent_dropout
         if active and self.dropout_mode == "variational":
+            assert key is not None  # active: __call__ drew a key (draw_key)
             # One mask per sequence, drawn once: batch x hidden, not stored per step.
             kept = keep_mask(key, (*batch, cell.hidden_features), rate)
             scale = jnp.where(kept, _inverse_keep(rate, dtype), jnp.zeros((), dtype))
@@ -305,7 +308,8 @@ class RNN(Module):
             return zeros
         want = jax.tree.map(jnp.shape, zeros)
         got = jax.tree.map(jnp.shape, initial_carry)
-        if jax.tree.structure(zeros) != jax.tree.structure(initial_carry) or want != got:
+        same = same_structure(jax.tree.structure(zeros), jax.tree.structure(initial_carry))
+        if not same or want != got:
             raise LayerValueError(
                 self,
                 f": initial_carry must have the structure and shapes of "
@@ -486,5 +490,5 @@ class StackedRNN(Module):
 
 
 def _in_features(layer: Module) -> int:
-    rnn = layer.forward if isinstance(layer, Bidirectional) else layer
+    rnn: Any = layer.forward if isinstance(layer, Bidirectional) else layer
     return rnn.cell.in_features

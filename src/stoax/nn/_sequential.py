@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import jax
 
@@ -33,10 +34,10 @@ class Sequential(Module):
         (8,)
     """
 
-    layers: tuple[Callable, ...]
+    layers: tuple[Callable[..., Any], ...]
 
-    def __init__(self, layers: Sequence[Callable]):
-        self.layers = layers
+    def __init__(self, layers: Sequence[Callable[..., Any]]):
+        self.layers = cast(tuple[Callable[..., Any], ...], layers)  # a tuple after __check_init__
 
     def __check_init__(self) -> None:
         layers = self.layers
@@ -88,7 +89,7 @@ class Sequential(Module):
             layers.append(layer)
         return x, self.replace(layers=tuple(layers))
 
-    def __getitem__(self, i: int | slice) -> Callable | Sequential:
+    def __getitem__(self, i: int | slice) -> Callable[..., Any] | Sequential:
         if isinstance(i, slice):
             return Sequential(self.layers[i])
         return self.layers[i]

@@ -50,7 +50,7 @@ class Flatten(Module):
     start_dim: int = 1
     end_dim: int = -1
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("start_dim", "end_dim"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):

@@ -67,8 +67,8 @@ class TransformerBlock(Module):
         features: int,
         num_heads: int,
         mlp_ratio: int = 4,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
+        dropout: float | jax.Array = 0.1,
+        attention_dropout: float | jax.Array = 0.1,
         drop_path: float = 0.0,
         causal: bool = False,
         activation: Callable[[jax.Array], jax.Array] = jax.nn.gelu,
@@ -203,8 +203,8 @@ class TransformerEncoder(Module):
         num_layers: int = 2,
         max_len: int = 128,
         mlp_ratio: int = 4,
-        dropout: float = 0.1,
-        attention_dropout: float = 0.1,
+        dropout: float | jax.Array = 0.1,
+        attention_dropout: float | jax.Array = 0.1,
         drop_path: float = 0.0,
         causal: bool = False,
         pool: str = "none",
@@ -302,7 +302,8 @@ class TransformerEncoder(Module):
                 f"the model's max_len = {self.max_len} (its positional embedding). Ask for at "
                 "most max_len positions, or build the model with a larger max_len."
             )
-        one = self.blocks[0].attn.init_cache(batch_shape, length, dtype=dtype)
+        first: Any = self.blocks[0]  # a TransformerBlock
+        one = first.attn.init_cache(batch_shape, length, dtype=dtype)
         return tuple(jax.tree.map(jnp.zeros_like, one) for _ in range(len(self.blocks)))
 
     @locate_layer_errors

@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeGuard
 
 import jax
 import jax.numpy as jnp
@@ -137,21 +137,22 @@ def _counters(shape: tuple[int, ...]) -> jax.Array:
     """The row-major element index as uint32 (valid for fewer than 2**32 elements)."""
     if not shape:
         return jnp.zeros((), jnp.uint32)
-    index = None
-    stride = 1
-    for dim in reversed(range(len(shape))):
+    index = lax.broadcasted_iota(jnp.uint32, shape, len(shape) - 1)
+    stride = shape[-1]
+    for dim in reversed(range(len(shape) - 1)):
         term = lax.broadcasted_iota(jnp.uint32, shape, dim)
         if stride != 1:
             term = lax.mul(term, np.uint32(stride))
-        index = term if index is None else lax.add(index, term)
+        index = lax.add(index, term)
         stride *= shape[dim]
     return index
 
 
 def _fused_threefry_ok(impl: str, shape: tuple[int, ...]) -> bool:
+    flags: Any = jax.config  # its options are dynamic attributes, unknown to type checkers
     return (
         impl == "threefry2x32"
-        and bool(jax.config.jax_threefry_partitionable)
+        and bool(flags.jax_threefry_partitionable)
         and math.prod(shape) < _SCALE
     )
 
@@ -263,7 +264,7 @@ def _random_bits(key, shape):
 # --------------------------------------------------------------------------------------------
 
 
-def _is_static(rate: Any) -> bool:
+def _is_static(rate: Any) -> TypeGuard[float]:
     return isinstance(rate, int | float) and not isinstance(rate, bool)
 
 
@@ -281,8 +282,8 @@ def _mask_from_bits(bits: jax.Array, rate: float | jax.Array) -> jax.Array:
     rate = jnp.asarray(rate, jnp.float32)
     # float32 cannot hold 2**32 - 1; clip below it and treat rate >= 1 apart. An invalid rate
     # keeps everything, so that its NaN scale reaches every element (see _scale).
-    threshold = jnp.clip(rate * np.float32(_SCALE), 0, np.float32(_SCALE - 256)).astype(jnp.uint32)
-    return ((bits >= threshold) & (rate < 1)) | _invalid(rate)
+    cutoff = jnp.clip(rate * np.float32(_SCALE), 0, np.float32(_SCALE - 256)).astype(jnp.uint32)
+    return ((bits >= cutoff) & (rate < 1)) | _invalid(rate)
 
 
 def _scale(rate: float | jax.Array, dtype) -> jax.Array:

@@ -50,7 +50,7 @@ class CheckpointError(ValueError):
 
 
 def save_checkpoint(
-    path: str | os.PathLike, tree: Any, *, metadata: Mapping[str, Any] | None = None
+    path: str | os.PathLike[str], tree: Any, *, metadata: Mapping[str, Any] | None = None
 ) -> Path:
     """Write ``tree`` (e.g. a :class:`~stoax.train.TrainState`) to ``path`` as safetensors.
 
@@ -99,7 +99,7 @@ def save_checkpoint(
     return path
 
 
-def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
+def read_checkpoint_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The caller's metadata of a checkpoint, plus ``"step"`` and ``"stoax_version"``; reads the
     header only.
 
@@ -112,7 +112,7 @@ def read_checkpoint_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return info
 
 
-def load_checkpoint(path: str | os.PathLike, like: T) -> tuple[T, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike[str], like: T) -> tuple[T, dict[str, Any]]:
     """Read the checkpoint at ``path`` into the structure of ``like``; return ``(tree, metadata)``.
 
     ``like`` is a template: a pytree built the same way as the saved one (a fresh model and
@@ -153,7 +153,7 @@ def load_checkpoint(path: str | os.PathLike, like: T) -> tuple[T, dict[str, Any]
 # -- writing -------------------------------------------------------------------------------------
 
 
-def _name(path: tuple) -> str:
+def _name(path: tuple[Any, ...]) -> str:
     return jax.tree_util.keystr(path, simple=True, separator="/") or "/"
 
 

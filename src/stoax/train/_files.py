@@ -35,7 +35,7 @@ from typing import IO, Any
 try:
     import fcntl
 except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no locking there: checked before use
 
 __all__ = [
     "FolderBusyError",
@@ -87,7 +87,7 @@ def _check_folder(path: Path, what: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike, *, what: str = "the file") -> Iterator[IO[bytes]]:
+def atomic_write(path: str | os.PathLike[str], *, what: str = "the file") -> Iterator[IO[bytes]]:
     """Open a binary file that replaces ``path`` when the block ends without an error.
 
     ``what`` names the file in error messages (``"the checkpoint"``). A failure (an exception in
@@ -125,7 +125,7 @@ def atomic_write(path: str | os.PathLike, *, what: str = "the file") -> Iterator
         os.close(fd)  # releases the lock only now: the file is renamed or gone
 
 
-def atomic_write_text(path: str | os.PathLike, text: str, *, what: str = "the file") -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, what: str = "the file") -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     with atomic_write(path, what=what) as f:
         f.write(text.encode("utf-8"))
@@ -168,7 +168,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
     """Remove the temporary files that killed writers left in ``folder``; return their paths.
 
     A temporary file of :func:`atomic_write` is stale when nobody holds its lock: its writer is
@@ -233,7 +233,7 @@ class FolderLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, folder: str | os.PathLike, *, command: str | None = None) -> FolderLock:
+    def acquire(cls, folder: str | os.PathLike[str], *, command: str | None = None) -> FolderLock:
         """Lock ``folder`` (which must exist); raise :class:`FolderBusyError` if a live process
         holds it, and ``OSError`` if the lock file cannot be created (a read-only folder)."""
         path = Path(folder) / LOCK_NAME
@@ -263,7 +263,7 @@ class FolderLock:
             return cls(path, fd)
         raise FolderBusyError("the lock file keeps changing")  # pragma: no cover
 
-    def moved_to(self, folder: str | os.PathLike) -> None:
+    def moved_to(self, folder: str | os.PathLike[str]) -> None:
         """Record that the locked folder was renamed to ``folder`` (the lock moves with it)."""
         self.path = Path(folder) / LOCK_NAME
 
@@ -314,7 +314,7 @@ def _renameat2() -> Callable[..., int] | None:
         return None
 
 
-def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     """Swap the folders at ``a`` and ``b`` in one atomic step (Linux ``renameat2`` with
     ``RENAME_EXCHANGE``); return False, having changed nothing, where that is not available
     (another OS, an old kernel or C library, a file system without it)."""
@@ -330,7 +330,7 @@ def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     raise OSError(code, os.strerror(code), os.fspath(a), None, os.fspath(b))
 
 
-def remove_tree(path: str | os.PathLike) -> None:
+def remove_tree(path: str | os.PathLike[str]) -> None:
     """Remove a folder and everything in it; a missing folder is fine."""
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(path)

@@ -14,7 +14,7 @@ __all__ = ["plot_history"]
 
 def plot_history(
     histories: Mapping[str, Sequence[Mapping[str, float]]],
-    path: str | os.PathLike,
+    path: str | os.PathLike[str],
     *,
     title: str = "Training curves",
     sets: Sequence[str] = ("train", "test"),

@@ -32,12 +32,16 @@ __all__ = ["LossFn", "check_seed", "classification_loss", "make_eval_step", "mak
 MAX_SEED = 2**32 - 1
 
 Metrics = dict[str, jax.Array]
-LossFn = Callable[..., tuple[jax.Array, Mapping[str, jax.Array]]]
+# (loss, metrics), or (loss, metrics, updated model) for a model with state
+LossFn = Callable[
+    ...,
+    tuple[jax.Array, Mapping[str, jax.Array]] | tuple[jax.Array, Mapping[str, jax.Array], Any],
+]
 
 
 def classification_loss(
-    model: Callable, batch: Mapping[str, jax.Array], *, key: jax.Array | None
-) -> tuple[jax.Array, Metrics]:
+    model: Callable[..., Any], batch: Mapping[str, jax.Array], *, key: jax.Array | None
+) -> tuple[jax.Array, Metrics] | tuple[jax.Array, Metrics, Any]:
     """Softmax cross-entropy of ``model(batch["x"], key=key)`` (logits) against integer labels
     ``batch["y"]``, and the accuracy. For a model with state (:func:`stoax.has_state`) the
     logits come from :func:`stoax.apply` and the updated model is returned third.
@@ -103,6 +107,7 @@ def _train_step(
     key = step_key(seed, state.step)
 
     def objective(params: Any) -> tuple[jax.Array, tuple[Mapping[str, jax.Array], Any]]:
+        updated: list[Any]
         loss, metrics, *updated = loss_fn(combine(params, state.rest), batch, key=key)
         return loss, (metrics, updated[0] if updated else None)
 

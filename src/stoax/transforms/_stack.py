@@ -286,6 +286,7 @@ class Unstacked(Module):
                 "layer."
             )
         new = []
+        layer: Any  # a layer with a decode method (an attention block)
         for i, (layer, layer_cache) in enumerate(zip(self.layers, caches, strict=True)):
             x, layer_cache = layer.decode(x, layer_cache, key=keys.child(key, i), **kwargs)
             new.append(layer_cache)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from stoax import keys
-from stoax._module import Module, is_module
+from stoax._module import Module, is_module, same_structure
 
 __all__ = [
     "Copies",
@@ -71,7 +71,7 @@ class Split:
         """The leaves of ``block`` (one copy, updated by :func:`stoax.apply`) that carry the copy
         axis; its shared leaves must be the ones :meth:`rebuild` put in."""
         leaves, treedef = jax.tree.flatten(block)
-        if treedef != self.treedef:
+        if not same_structure(treedef, self.treedef):
             raise ValueError(f"{where}: apply changed the structure of a copy ({treedef}).")
         shared = [x for x, s in zip(leaves, self.is_stacked, strict=True) if not s]
         if any(a is not b for a, b in zip(shared, self.shared, strict=True)):
@@ -144,7 +144,7 @@ def stack_copies(blocks: Sequence[Any], where: str) -> tuple[Any, frozenset[str]
         raise ValueError(f"{where}: needs at least one block.")
     first = jax.tree.structure(blocks[0])
     for i, b in enumerate(blocks[1:], start=1):
-        if jax.tree.structure(b) != first:
+        if not same_structure(jax.tree.structure(b), first):
             raise ValueError(
                 f"{where}: block {i} differs from block 0 in structure or static fields "
                 f"(sizes, rates given as Python floats, activation): every copy must share "
