@@ -404,7 +404,29 @@ def _scaled(x: jax.Array, rate: float | jax.Array) -> jax.Array:
     return (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
 
 
+def _spread(mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A ``broadcast_dims`` mask, smaller than ``shape``, made ready to broadcast into it.
+
+    XLA fuses a cheap elementwise producer into its consumer even when the consumer broadcasts
+    it: the hash of a ``(32, 1, 1024)`` mask would run once per element of a
+    ``(32, 128, 1024)`` input -- 128 times over, slower than a full mask. Packing the mask to
+    bits (a reduction, which XLA does not fuse into its consumer) makes it a small buffer that
+    is computed once per mask element; the consumer unpacks a bit, which is cheap. Packed along
+    the last axis that is not broadcast, so a sharded mask stays in its shards.
+    """
+    if mask.shape == tuple(shape):
+        return mask
+    axes = [i for i, n in enumerate(mask.shape) if n > 1]
+    if not axes:
+        return mask  # one mask value: nothing to compute per element
+    axis = axes[-1]
+    packed = jnp.packbits(mask, axis=axis, bitorder="little")
+    bits = jnp.unpackbits(packed, axis=axis, count=mask.shape[axis], bitorder="little")
+    return bits.astype(jnp.bool_)
+
+
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
+    mask = _spread(mask, x.shape)
     return jnp.where(mask, _scaled(x, rate), jnp.zeros((), x.dtype))
 
 
@@ -478,7 +500,7 @@ def _select(static, kept, rate, t):
     # is the elementwise tie to ``t`` (see _zeros_tied_to).
     kept = jax.lax.optimization_barrier(kept)
     t = jax.lax.optimization_barrier(t)
-    mask = _backward_mask(static, kept, _rate_of(static, rate), tie=t)
+    mask = _spread(_backward_mask(static, kept, _rate_of(static, rate), tie=t), t.shape)
     return jnp.where(mask, t, jnp.zeros((), t.dtype))
 
 
@@ -664,7 +686,7 @@ def _dropout_then_bwd(fn, static, res, g):
     # never merged into one stored mask. Tie the dropped input to ``g`` too: ``x`` and the key
     # exist from the forward pass on, and without it XLA may regenerate every layer's dropped
     # input early and keep them all alive -- the very buffers this function exists to avoid.
-    mask = _backward_mask(static, kept, r, tie=x) & ~_never_along(g, x.shape)
+    mask = _spread(_backward_mask(static, kept, r, tie=x), x.shape) & ~_never_along(g, x.shape)
     dropped = _apply(x, mask, r)
     _, vjp = jax.vjp(fn, dropped, *operands)
     d_dropped, *d_operands = vjp(g)
