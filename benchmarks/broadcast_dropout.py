@@ -8,7 +8,8 @@ A ``(32, 128, 1024)`` float32 input, the mask ``(32, 1, 1024)`` shared along axi
 also at low load ``(32, 8, 1024)``. Forward and forward + backward (``jax.vjp``: the output
 and the input cotangent), each as a multiple of a jitted copy of the same array (1.0 = as fast
 as a copy; lower is better). Medians of ``--reps`` interleaved rounds: each round times every
-program once, so the machine's load hits all of them alike.
+program once, so the machine's load hits all of them alike; wall time and the process's CPU time
+(all threads), which is steadier on a shared machine.
 """
 
 from __future__ import annotations
@@ -75,13 +76,18 @@ def measure(shape, rate, reps):
     progs = programs(shape, rate)
     for fn, args in progs.values():
         jax.block_until_ready(fn(*args))  # compile and warm up
-    times = {k: [] for k in progs}
+    wall = {k: [] for k in progs}
+    cpu = {k: [] for k in progs}
     for _ in range(reps):
         for k, (fn, args) in progs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             jax.block_until_ready(fn(*args))
-            times[k].append(time.perf_counter() - t0)
-    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+            wall[k].append(time.perf_counter() - t0)
+            cpu[k].append(time.process_time() - c0)
+    return (
+        {k: 1e3 * statistics.median(v) for k, v in wall.items()},
+        {k: 1e3 * statistics.median(v) for k, v in cpu.items()},
+    )
 
 
 def main() -> None:
@@ -90,13 +96,16 @@ def main() -> None:
         f"mask shared along axis {AXIS}; median of {ARGS.reps} interleaved rounds; x copy"
     )
     for shape in ((32, 128, 1024), (32, 8, 1024)):
-        ms = measure(shape, ARGS.rate, ARGS.reps)
-        copy = ms.pop("copy")
-        print(f"\n{shape} f32, copy {copy:.2f} ms")
-        print(f"  {'library':22s} {'fwd':>6s} {'fwd+bwd':>8s}")
+        wall, cpu = measure(shape, ARGS.rate, ARGS.reps)
+        print(
+            f"\n{shape} f32, copy {wall['copy']:.2f} ms wall, {cpu['copy']:.2f} ms CPU (all "
+            "threads; steadier than wall time on a shared machine)"
+        )
+        print(f"  {'library':22s} {'fwd':>6s} {'fwd+bwd':>8s}   {'CPU fwd':>8s} {'fwd+bwd':>8s}")
         for name in dropouts(ARGS.rate):
-            fwd, both = ms[name, "fwd"] / copy, ms[name, "fwd+bwd"] / copy
-            print(f"  {name:22s} {fwd:6.2f} {both:8.2f}")
+            w = [wall[name, what] / wall["copy"] for what in ("fwd", "fwd+bwd")]
+            c = [cpu[name, what] / cpu["copy"] for what in ("fwd", "fwd+bwd")]
+            print(f"  {name:22s} {w[0]:6.2f} {w[1]:8.2f}   {c[0]:8.2f} {c[1]:8.2f}")
 
 
 if __name__ == "__main__":
