@@ -216,13 +216,20 @@ def _never(a: jax.Array) -> jax.Array:
     return jnp.isnan(a) & jnp.isfinite(a)
 
 
-def _never_along(g: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+def _never_along(g: Any, shape: tuple[int, ...]) -> jax.Array:
     """False, broadcastable to ``shape``, computed from ``g`` (a cotangent of another shape).
 
     When ``g`` has ``shape``'s leading axes (a Linear's output), its first column is read, which
-    keeps a batch-sharded ``g`` local; otherwise a single element of ``g``."""
-    if not g.size or not jnp.issubdtype(g.dtype, jnp.floating):
+    keeps a batch-sharded ``g`` local; otherwise a single element of ``g``. (``g`` a pytree:
+    its first non-empty floating leaf.)"""
+    leaves = [
+        a
+        for a in jax.tree.leaves(g)
+        if hasattr(a, "dtype") and a.size and jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    if not leaves:
         return jnp.zeros((), jnp.bool_)
+    g = leaves[0]
     if g.ndim == len(shape) and g.ndim and g.shape[:-1] == shape[:-1]:
         return _never(g[..., :1])
     return _never(jnp.ravel(g)[0])
