@@ -9,9 +9,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _independence import assert_independent
 
 import stoax
-from _independence import assert_independent
 from stoax import keys
 from stoax.random import dropout, keep_mask
 
@@ -52,8 +52,9 @@ def test_shared_along_the_axis_and_independent_across_the_others():
 @pytest.mark.parametrize("impl", IMPLS)
 def test_gradient_bitwise_that_of_plain_autodiff(impl):
     def loss(x, regen):
-        y = dropout(x, 0.3, jax.random.key(2, impl=impl), broadcast_dims=(1,),
-                    regenerate_mask=regen)
+        y = dropout(
+            x, 0.3, jax.random.key(2, impl=impl), broadcast_dims=(1,), regenerate_mask=regen
+        )
         return jnp.sum(jnp.sin(y) * x)
 
     np.testing.assert_array_equal(jax.grad(loss)(X, True), jax.grad(loss)(X, False))
@@ -104,8 +105,11 @@ def test_the_hash_runs_on_the_small_shape_only():
 def test_broadcast_dropout_before_a_linear_in_a_sequential():
     k = jax.random.split(jax.random.key(4), 2)
     model = stoax.nn.Sequential(
-        [stoax.nn.Linear(8, 8, key=k[0]), stoax.nn.Dropout(0.5, broadcast_dims=(1,)),
-         stoax.nn.Linear(8, 2, key=k[1])]
+        [
+            stoax.nn.Linear(8, 8, key=k[0]),
+            stoax.nn.Dropout(0.5, broadcast_dims=(1,)),
+            stoax.nn.Linear(8, 2, key=k[1]),
+        ]
     )
 
     def one_by_one(m, x, key):
@@ -118,7 +122,8 @@ def test_broadcast_dropout_before_a_linear_in_a_sequential():
 
     fused = lambda m, x, key: m(x, key=key)  # noqa: E731
     np.testing.assert_array_equal(
-        jax.jit(fused)(model, X, jax.random.key(5)), jax.jit(one_by_one)(model, X, jax.random.key(5))
+        jax.jit(fused)(model, X, jax.random.key(5)),
+        jax.jit(one_by_one)(model, X, jax.random.key(5)),
     )
     for a, b in zip(
         jax.tree.leaves(loss(fused)(model, X, jax.random.key(5))),

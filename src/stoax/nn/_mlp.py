@@ -27,9 +27,9 @@ class MLP(Module):
     metadata. The key of ``dropouts[i]`` is ``keys.child(keys.child(key, "dropouts"), i)``: each
     hidden layer draws its own mask. Each dropout runs with the Linear after it as one
     :func:`stoax.random.dropout_then`: the backward pass keeps the activation and the key, not
-    the dropped activation (the values are those of calling the layers one by one). Initialisation: each Linear as :class:`Linear`, with
-    ``kernel_init`` and ``bias_init`` (default LeCun-normal and zeros), layer ``i`` from
-    ``stoax.keys.init_child(key, i)``.
+    the dropped activation (the values are those of calling the layers one by one).
+    Initialisation: each Linear as :class:`Linear`, with ``kernel_init`` and ``bias_init``
+    (default LeCun-normal and zeros), layer ``i`` from ``stoax.keys.init_child(key, i)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
