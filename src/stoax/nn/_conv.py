@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,8 @@ class Conv(Module):
 
     weight: jax.Array
     bias: jax.Array | None
+    # A container runs a Dropout before this layer as one dropout_then (nn/_fused_dropout.py).
+    fuse_preceding_dropout: ClassVar[bool] = True
     stride: tuple[int, ...]
     padding: str | tuple[tuple[int, int], ...]
     dilation: tuple[int, ...]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 
@@ -34,6 +36,8 @@ class Linear(Module):
 
     weight: jax.Array
     bias: jax.Array | None
+    # A container runs a Dropout before this layer as one dropout_then (nn/_fused_dropout.py).
+    fuse_preceding_dropout: ClassVar[bool] = True
 
     def __init__(
         self,

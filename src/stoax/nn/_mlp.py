@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from stoax import keys
 from stoax._module import Module
 from stoax.nn._dropout import Dropout
+from stoax.nn._fused_dropout import dropout_into
 from stoax.nn._init import LECUN_NORMAL, ZEROS, Initializer
 from stoax.nn._linear import Linear
 from stoax.nn._sizes import positive_int
@@ -24,9 +25,11 @@ class MLP(Module):
     ``layers`` holds the ``len(hidden) + 1`` Linear layers, ``dropouts`` the ``len(hidden)``
     Dropout layers (in training mode; switch with ``stoax.eval_mode``). ``activation`` is static
     metadata. The key of ``dropouts[i]`` is ``keys.child(keys.child(key, "dropouts"), i)``: each
-    hidden layer draws its own mask. Initialisation: each Linear as :class:`Linear`, with
-    ``kernel_init`` and ``bias_init`` (default LeCun-normal and zeros), layer ``i`` from
-    ``stoax.keys.init_child(key, i)``.
+    hidden layer draws its own mask. Each dropout runs with the Linear after it as one
+    :func:`stoax.random.dropout_then`: the backward pass keeps the activation and the key, not
+    the dropped activation (the values are those of calling the layers one by one).
+    Initialisation: each Linear as :class:`Linear`, with ``kernel_init`` and ``bias_init``
+    (default LeCun-normal and zeros), layer ``i`` from ``stoax.keys.init_child(key, i)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -92,6 +95,9 @@ class MLP(Module):
                 0 (a :class:`~stoax.nn.MissingKeyError` names the layer otherwise), unused in
                 evaluation mode."""
         drop_key = keys.child(key, "dropouts")
-        for i, (linear, drop) in enumerate(zip(self.layers[:-1], self.dropouts, strict=True)):
-            x = drop(self.activation(linear(x)), key=keys.child(drop_key, i))
-        return self.layers[-1](x)
+        x = self.layers[0](x)
+        for i, (drop, linear) in enumerate(zip(self.dropouts, self.layers[1:], strict=True)):
+            # Dropout and the next Linear as one dropout_then: the backward pass keeps the
+            # activation (which its own gradient keeps anyway) and the key, not the dropped copy.
+            x = dropout_into(drop, linear, self.activation(x), key=keys.child(drop_key, i))
+        return x

@@ -12,6 +12,7 @@ from stoax._errors import locate_layer_errors
 from stoax._module import Module, is_module
 from stoax._peer_layers import takes_key
 from stoax._state import apply, updates_state
+from stoax.nn._fused_dropout import dropout_into, fuses_with_dropout
 
 __all__ = ["Sequential"]
 
@@ -23,6 +24,9 @@ class Sequential(Module):
     reaches the ``inference`` flag of Equinox layers here.
 
     Keys are derived by position: appending a layer leaves the masks of the others unchanged.
+    A ``Dropout`` directly followed by a ``Linear`` or ``Conv`` runs with it as one
+    :func:`stoax.random.dropout_then` (same key, same values): the backward pass keeps the
+    dropout's input and key, not the dropped activation.
 
     Example:
         >>> import jax, jax.numpy as jnp, stoax
@@ -67,9 +71,17 @@ class Sequential(Module):
             x: the first layer's input.
             key: layer ``i`` gets ``child(key, i)`` (a plain function that takes no ``key`` is
                 called without one); needed in training mode when a layer is stochastic."""
-        for i, layer in enumerate(self.layers):
+        layers, i = self.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            if i + 1 < len(layers) and fuses_with_dropout(layer, layers[i + 1]):
+                # Dropout -> Linear/Conv as one dropout_then, with the dropout's usual key.
+                x = dropout_into(layer, layers[i + 1], x, key=keys.child(key, i))
+                i += 2
+                continue
             takes = is_module(layer) or takes_key(layer)
             x = layer(x, key=keys.child(key, i)) if takes else layer(x)
+            i += 1
         return x
 
     @locate_layer_errors
@@ -80,7 +92,12 @@ class Sequential(Module):
             return self(x, key=key), self
         layers = []
         for i, layer in enumerate(self.layers):
-            if is_module(layer):
+            if i and fuses_with_dropout(self.layers[i - 1], layer):
+                layers.append(layer)  # applied with the dropout before it (stateless both)
+                continue
+            if i + 1 < len(self.layers) and fuses_with_dropout(layer, self.layers[i + 1]):
+                x = dropout_into(layer, self.layers[i + 1], x, key=keys.child(key, i))
+            elif is_module(layer):
                 x, layer = apply(layer, x, key=keys.child(key, i))
             elif takes_key(layer):
                 x = layer(x, key=keys.child(key, i))

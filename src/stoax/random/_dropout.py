@@ -38,8 +38,9 @@ for its own gradient (a matmul: ``dW = dropped_x^T @ g``). :func:`dropout_then` 
 that op one differentiated unit: it keeps only the *pre*-dropout input (which the op before
 usually stores anyway -- the softmax output for attention) and the key, and regenerates the
 dropped input in the backward pass. Use it for attention probabilities (``probs @ v``) and for a
-dropout that feeds a Linear. It is a ``jax.custom_vjp``: reverse mode only; forward mode
-(``jax.jvp``/``jax.jacfwd``) through it needs ``regenerate_mask=False``.
+dropout that feeds a Linear (``stoax.nn.MLP`` and ``Sequential`` do so for every ``Dropout``
+followed by a ``Linear`` or ``Conv``). Its backward pass is a ``jax.custom_vjp``; forward mode
+(``jax.jvp``/``jax.jacfwd``) tracing it computes the unfused :func:`dropout` then the op.
 
 **Invalid rates.** A Python rate outside [0, 1] (or NaN) raises a ``ValueError``; so does a
 concrete array rate. A *traced* rate cannot raise inside ``jax.jit``: when it is outside [0, 1]
@@ -218,6 +219,25 @@ def _never(a: jax.Array) -> jax.Array:
     return jnp.isnan(a) & jnp.isfinite(a)
 
 
+def _never_along(g: Any, shape: tuple[int, ...]) -> jax.Array:
+    """False, broadcastable to ``shape``, computed from ``g`` (a cotangent of another shape).
+
+    When ``g`` has ``shape``'s leading axes (a Linear's output), its first column is read, which
+    keeps a batch-sharded ``g`` local; otherwise a single element of ``g``. (``g`` a pytree:
+    its first non-empty floating leaf.)"""
+    leaves = [
+        a
+        for a in jax.tree.leaves(g)
+        if hasattr(a, "dtype") and a.size and jnp.issubdtype(a.dtype, jnp.floating)
+    ]
+    if not leaves:
+        return jnp.zeros((), jnp.bool_)
+    g = leaves[0]
+    if g.ndim == len(shape) and g.ndim and g.shape[:-1] == shape[:-1]:
+        return _never(g[..., :1])
+    return _never(jnp.ravel(g)[0])
+
+
 def _tie(words: jax.Array, a: jax.Array) -> jax.Array:
     """``words``, made to depend on one element of ``a`` without changing its value: the
     scalar form of :func:`_zeros_tied_to`, for draws that take only a key."""
@@ -394,7 +414,29 @@ def _scaled(x: jax.Array, rate: float | jax.Array) -> jax.Array:
     return (x.astype(compute) * _scale(rate, compute)).astype(x.dtype)
 
 
+def _spread(mask: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """A ``broadcast_dims`` mask, smaller than ``shape``, made ready to broadcast into it.
+
+    XLA fuses a cheap elementwise producer into its consumer even when the consumer broadcasts
+    it: the hash of a ``(32, 1, 1024)`` mask would run once per element of a
+    ``(32, 128, 1024)`` input -- 128 times over, slower than a full mask. Packing the mask to
+    bits (a reduction, which XLA does not fuse into its consumer) makes it a small buffer that
+    is computed once per mask element; the consumer unpacks a bit, which is cheap. Packed along
+    the last axis that is not broadcast, so a sharded mask stays in its shards.
+    """
+    if mask.shape == tuple(shape):
+        return mask
+    axes = [i for i, n in enumerate(mask.shape) if n > 1]
+    if not axes:
+        return mask  # one mask value: nothing to compute per element
+    axis = axes[-1]
+    packed = jnp.packbits(mask, axis=axis, bitorder="little")
+    bits = jnp.unpackbits(packed, axis=axis, count=mask.shape[axis], bitorder="little")
+    return bits.astype(jnp.bool_)
+
+
 def _apply(x: jax.Array, mask: jax.Array, rate: float | jax.Array) -> jax.Array:
+    mask = _spread(mask, x.shape)
     return jnp.where(mask, _scaled(x, rate), jnp.zeros((), x.dtype))
 
 
@@ -468,7 +510,7 @@ def _select(static, kept, rate, t):
     # is the elementwise tie to ``t`` (see _zeros_tied_to).
     kept = jax.lax.optimization_barrier(kept)
     t = jax.lax.optimization_barrier(t)
-    mask = _backward_mask(static, kept, _rate_of(static, rate), tie=t)
+    mask = _spread(_backward_mask(static, kept, _rate_of(static, rate), tie=t), t.shape)
     return jnp.where(mask, t, jnp.zeros((), t.dtype))
 
 
@@ -636,9 +678,11 @@ def _dropout_then_bwd(fn, static, res, g):
     # One barrier per value (a tuple barrier makes GSPMD gather under sharding; see above).
     x, kept, operands, g = jax.tree.map(jax.lax.optimization_barrier, (x, kept, operands, g))
     r = _rate_of(static, rate)
-    # Tie the regeneration to ``x`` (elementwise; ``g`` has fn's output shape): the forward hash
-    # is untied, so the two are never merged into one stored mask.
-    mask = _backward_mask(static, kept, r, tie=x)
+    # Tie the regeneration to ``x`` (elementwise): the forward hash is untied, so the two are
+    # never merged into one stored mask. Tie the dropped input to ``g`` too: ``x`` and the key
+    # exist from the forward pass on, and without it XLA may regenerate every layer's dropped
+    # input early and keep them all alive -- the very buffers this function exists to avoid.
+    mask = _spread(_backward_mask(static, kept, r, tie=x), x.shape) & ~_never_along(g, x.shape)
     dropped = _apply(x, mask, r)
     _, vjp = jax.vjp(fn, dropped, *operands)
     d_dropped, *d_operands = vjp(g)
@@ -662,8 +706,12 @@ def dropout_then(
 
     With ``regenerate_mask`` (the default) the backward pass keeps ``x``, ``operands`` and the
     key -- not the mask (for rbg/unsafe_rbg keys: the mask packed to 1 bit per element), and not
-    the dropped ``x`` -- and rebuilds the dropped input from them. Reverse mode only (a
-    ``jax.custom_vjp``): for ``jax.jvp``/``jax.jacfwd`` pass ``regenerate_mask=False``.
+    the dropped ``x`` -- and rebuilds the dropped input from them. That backward pass is a
+    ``jax.custom_vjp``; when forward mode (``jax.jvp``/``jax.jacfwd``) traces this call, it
+    computes :func:`dropout` then ``fn`` instead -- same mask, same values, and forward mode
+    stores nothing for a backward pass anyway. Forward mode applied to an already-traced
+    function (``jax.jvp(jax.jit(f), ...)``) cannot switch: put ``jax.jit`` outside
+    (``jax.jit(jax.jacfwd(f))``) or pass ``regenerate_mask=False``.
     When ``x`` is stored anyway (a softmax output, an activation the previous layer needs), the
     dropout costs no memory at all. ``fn`` is differentiated with ``jax.vjp`` in the backward
     pass: for a linear ``fn`` (matmul, einsum) XLA drops the unused primal recomputation. ``fn``
@@ -691,12 +739,9 @@ def dropout_then(
     except TypeError as error:
         if "forward-mode" not in str(error) or "custom_vjp" not in str(error):
             raise
-        raise TypeError(
-            f"{where}: forward-mode autodiff (jax.jvp, jax.jacfwd, jax.hessian) is not "
-            "supported with regenerate_mask=True, whose lean backward pass is a jax.custom_vjp. "
-            "Pass regenerate_mask=False, or call stoax.random.set_regenerate_mask(False) before "
-            "tracing (a Dropout layer's .then and attention dropout use this function)."
-        ) from None
+    # Forward mode (jax.jvp, jax.jacfwd) reached the custom_vjp while tracing: the same
+    # computation as dropout, then fn -- the same mask, and dropout is forward-mode capable.
+    return fn(_dropout_core(static, regen, x, key, traced_rate), *operands)
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2), inline=True)
