@@ -198,6 +198,25 @@ def stoax_step_fn(rate, unroll=1, **remat):
     return step, state
 
 
+def stored_mask(make):
+    """``make``'s step traced with ``stoax.random.set_regenerate_mask(False)``: every dropout
+    keeps its mask for the backward pass instead of regenerating it from the key."""
+
+    def make_stored(rate):
+        step, state = make(rate)
+
+        def traced_storing_masks(*args):
+            previous = stoax.random.set_regenerate_mask(False)
+            try:
+                return step(*args)
+            finally:
+                stoax.random.set_regenerate_mask(previous)
+
+        return traced_storing_masks, state
+
+    return make_stored
+
+
 # ---- stoax primitives in the anchors' hand-written architecture (no Stack / scan) ----
 
 
@@ -464,7 +483,9 @@ def eqx_step_fn(rate):
 STEPS = {
     "stoax": stoax_step_fn,  # the library's default: one lax.scan, remat=recompute_elementwise
     "stoax remat=False": functools.partial(stoax_step_fn, remat=False),
+    "stoax stored mask": stored_mask(stoax_step_fn),
     "stoax unrolled": functools.partial(stoax_step_fn, unroll=True),
+    "stoax unrolled stored mask": stored_mask(functools.partial(stoax_step_fn, unroll=True)),
     "stoax unrolled remat=False": functools.partial(stoax_step_fn, unroll=True, remat=False),
     "stoax remat dots": functools.partial(
         stoax_step_fn, remat=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
