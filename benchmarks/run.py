@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import math
 import statistics
 import sys
@@ -39,6 +40,20 @@ PARSER = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
 PARSER.add_argument("--impl", default="threefry2x32", choices=["threefry2x32", "rbg", "unsafe_rbg"])
 PARSER.add_argument("--reps", type=int, default=7, help="timed repetitions per figure (median)")
 PARSER.add_argument("--quick", action="store_true", help="smaller arrays, 3 reps (smoke test)")
+PARSER.add_argument("--layers", type=int, default=4, help="Transformer layers (default 4)")
+PARSER.add_argument("--d-model", type=int, default=256, help="model width (default 256)")
+PARSER.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
+PARSER.add_argument("--seq", type=int, default=128, help="sequence length (default 128)")
+PARSER.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+PARSER.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+PARSER.add_argument(
+    "--memory-only",
+    action="store_true",
+    help="(2)+(3) only: compile every step and print temp memory and compile time, no timing",
+)
+PARSER.add_argument("--skip-elementwise", action="store_true", help="skip table (1)")
+PARSER.add_argument("--rows", default="", help="comma-separated names of the (2) rows to run")
+PARSER.add_argument("--json", default="", help="also write the (2) results to this file")
 ARGS = PARSER.parse_args()
 jax.config.update("jax_default_prng_impl", ARGS.impl)
 
@@ -125,14 +140,16 @@ def elementwise_table():
 # (2) Transformer training step
 # --------------------------------------------------------------------------------------------
 
-V, D, H, L, T, B = 512, 256, 4, 4, 128, 32
+V, D, H, L, T, B = 512, ARGS.d_model, ARGS.heads, ARGS.layers, ARGS.seq, ARGS.batch
 if ARGS.quick:
     L, T, B = 2, 64, 8
+DTYPE = jnp.dtype(ARGS.dtype)
 LR = 1e-3
 
 
 def lm_loss(logits, tokens):
-    return optax.softmax_cross_entropy_with_integer_labels(logits[:, :-1], tokens[:, 1:]).mean()
+    logits = logits[:, :-1].astype(jnp.float32)  # the loss in float32 whatever the model's dtype
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
 
 def heads(x):
@@ -149,7 +166,7 @@ def attention(q, k, v, drop_probs):
 # ---- stoax: the library model ----
 
 
-def stoax_step_fn(rate, unroll=1, remat=False):
+def stoax_step_fn(rate, unroll=1, **remat):
     model = stoax.nn.TransformerEncoder(
         vocab_size=V,
         out_features=V,
@@ -160,8 +177,9 @@ def stoax_step_fn(rate, unroll=1, remat=False):
         dropout=rate,
         attention_dropout=rate,
         unroll=unroll,
-        remat=remat,
         key=jax.random.key(0),
+        dtype=DTYPE,
+        **remat,  # absent: the library's default
     )
     params, rest = stoax.partition(model)
     opt = optax.adamw(LR)
@@ -180,11 +198,31 @@ def stoax_step_fn(rate, unroll=1, remat=False):
     return step, state
 
 
+def stored_mask(make):
+    """``make``'s step traced with ``stoax.random.set_regenerate_mask(False)``: every dropout
+    keeps its mask for the backward pass instead of regenerating it from the key."""
+
+    def make_stored(rate):
+        step, state = make(rate)
+
+        def traced_storing_masks(*args):
+            previous = stoax.random.set_regenerate_mask(False)
+            try:
+                return step(*args)
+            finally:
+                stoax.random.set_regenerate_mask(previous)
+
+        return traced_storing_masks, state
+
+    return make_stored
+
+
 # ---- stoax primitives in the anchors' hand-written architecture (no Stack / scan) ----
 
 
 def _dense(key, n_in, n_out):
-    return {"w": jax.random.normal(key, (n_in, n_out)) / math.sqrt(n_in), "b": jnp.zeros(n_out)}
+    w = jax.random.normal(key, (n_in, n_out), DTYPE) / math.sqrt(n_in)
+    return {"w": w, "b": jnp.zeros(n_out, DTYPE)}
 
 
 def _ln(x):
@@ -199,8 +237,8 @@ def _affine(x, w, b):
 def stoax_prims_step_fn(rate):
     ks = iter(jax.random.split(jax.random.key(0), 8 * L + 4))
     params = {
-        "embed": 0.02 * jax.random.normal(next(ks), (V, D)),
-        "pos": 0.02 * jax.random.normal(next(ks), (T, D)),
+        "embed": 0.02 * jax.random.normal(next(ks), (V, D), DTYPE),
+        "pos": 0.02 * jax.random.normal(next(ks), (T, D), DTYPE),
         "head": _dense(next(ks), D, V),
         "blocks": [
             {
@@ -262,9 +300,10 @@ def stoax_prims_step_fn(rate):
 
 class NNXBlock(nnx.Module):
     def __init__(self, rate, rngs):
-        self.ln1, self.ln2 = nnx.LayerNorm(D, rngs=rngs), nnx.LayerNorm(D, rngs=rngs)
-        self.q, self.k, self.v, self.o = (nnx.Linear(D, D, rngs=rngs) for _ in range(4))
-        self.fc1, self.fc2 = nnx.Linear(D, 4 * D, rngs=rngs), nnx.Linear(4 * D, D, rngs=rngs)
+        kw = dict(rngs=rngs, dtype=DTYPE, param_dtype=DTYPE)
+        self.ln1, self.ln2 = nnx.LayerNorm(D, **kw), nnx.LayerNorm(D, **kw)
+        self.q, self.k, self.v, self.o = (nnx.Linear(D, D, **kw) for _ in range(4))
+        self.fc1, self.fc2 = nnx.Linear(D, 4 * D, **kw), nnx.Linear(4 * D, D, **kw)
         self.drop_probs, self.drop_attn = nnx.Dropout(rate, rngs=rngs), nnx.Dropout(rate, rngs=rngs)
         self.drop_hidden, self.drop_mlp = nnx.Dropout(rate, rngs=rngs), nnx.Dropout(rate, rngs=rngs)
 
@@ -278,12 +317,13 @@ class NNXBlock(nnx.Module):
 
 class NNXModel(nnx.Module):
     def __init__(self, rate, rngs):
-        self.embed = nnx.Embed(V, D, rngs=rngs)
-        self.pos = nnx.Param(0.02 * jax.random.normal(jax.random.key(1), (T, D)))
+        kw = dict(rngs=rngs, dtype=DTYPE, param_dtype=DTYPE)
+        self.embed = nnx.Embed(V, D, **kw)
+        self.pos = nnx.Param(0.02 * jax.random.normal(jax.random.key(1), (T, D), DTYPE))
         self.drop = nnx.Dropout(rate, rngs=rngs)
         self.blocks = nnx.List([NNXBlock(rate, rngs) for _ in range(L)])
-        self.ln = nnx.LayerNorm(D, rngs=rngs)
-        self.head = nnx.Linear(D, V, rngs=rngs)
+        self.ln = nnx.LayerNorm(D, **kw)
+        self.head = nnx.Linear(D, V, **kw)
 
     def __call__(self, tokens):
         x = self.drop(self.embed(tokens) + self.pos[...])
@@ -319,13 +359,13 @@ class LinenBlock(linen.Module):
     @linen.compact
     def __call__(self, x, train):
         drop = lambda: linen.Dropout(self.rate, deterministic=not train)
-        h = linen.LayerNorm()(x)
-        h = attention(
-            heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), heads(linen.Dense(D)(h)), drop()
-        )
-        x = x + drop()(linen.Dense(D)(h))
-        h = drop()(jax.nn.gelu(linen.Dense(4 * D)(linen.LayerNorm()(x))))
-        return x + drop()(linen.Dense(D)(h))
+        dense = lambda n: linen.Dense(n, dtype=DTYPE, param_dtype=DTYPE)
+        norm = lambda: linen.LayerNorm(dtype=DTYPE, param_dtype=DTYPE)
+        h = norm()(x)
+        h = attention(heads(dense(D)(h)), heads(dense(D)(h)), heads(dense(D)(h)), drop())
+        x = x + drop()(dense(D)(h))
+        h = drop()(jax.nn.gelu(dense(4 * D)(norm()(x))))
+        return x + drop()(dense(D)(h))
 
 
 class LinenModel(linen.Module):
@@ -333,11 +373,13 @@ class LinenModel(linen.Module):
 
     @linen.compact
     def __call__(self, tokens, train):
-        pos = self.param("pos", lambda k: 0.02 * jax.random.normal(k, (T, D)))
-        x = linen.Dropout(self.rate, deterministic=not train)(linen.Embed(V, D)(tokens) + pos)
+        pos = self.param("pos", lambda k: 0.02 * jax.random.normal(k, (T, D), DTYPE))
+        embed = linen.Embed(V, D, dtype=DTYPE, param_dtype=DTYPE)
+        x = linen.Dropout(self.rate, deterministic=not train)(embed(tokens) + pos)
         for _ in range(L):
             x = LinenBlock(self.rate)(x, train)
-        return linen.Dense(V)(linen.LayerNorm()(x))
+        x = linen.LayerNorm(dtype=DTYPE, param_dtype=DTYPE)(x)
+        return linen.Dense(V, dtype=DTYPE, param_dtype=DTYPE)(x)
 
 
 def linen_step_fn(rate):
@@ -376,9 +418,10 @@ class EqxBlock(eqx.Module):
 
     def __init__(self, rate, key):
         ks = jax.random.split(key, 6)
-        self.ln1, self.ln2 = eqx.nn.LayerNorm(D), eqx.nn.LayerNorm(D)
-        self.q, self.k, self.v, self.o = (eqx.nn.Linear(D, D, key=k) for k in ks[:4])
-        self.fc1, self.fc2 = eqx.nn.Linear(D, 4 * D, key=ks[4]), eqx.nn.Linear(4 * D, D, key=ks[5])
+        self.ln1, self.ln2 = eqx.nn.LayerNorm(D, dtype=DTYPE), eqx.nn.LayerNorm(D, dtype=DTYPE)
+        self.q, self.k, self.v, self.o = (eqx.nn.Linear(D, D, key=k, dtype=DTYPE) for k in ks[:4])
+        self.fc1 = eqx.nn.Linear(D, 4 * D, key=ks[4], dtype=DTYPE)
+        self.fc2 = eqx.nn.Linear(4 * D, D, key=ks[5], dtype=DTYPE)
         self.drop = eqx.nn.Dropout(rate, inference=rate == 0.0)
 
     def __call__(self, x, key):  # x: (T, D), one example (vmapped over the batch)
@@ -402,11 +445,11 @@ class EqxModel(eqx.Module):
 
     def __init__(self, rate, key):
         ks = jax.random.split(key, L + 3)
-        self.embed = eqx.nn.Embedding(V, D, key=ks[0])
-        self.pos = 0.02 * jax.random.normal(ks[1], (T, D))
+        self.embed = eqx.nn.Embedding(V, D, key=ks[0], dtype=DTYPE)
+        self.pos = 0.02 * jax.random.normal(ks[1], (T, D), DTYPE)
         self.blocks = [EqxBlock(rate, k) for k in ks[3:]]
-        self.ln = eqx.nn.LayerNorm(D)
-        self.head = eqx.nn.Linear(D, V, key=ks[2])
+        self.ln = eqx.nn.LayerNorm(D, dtype=DTYPE)
+        self.head = eqx.nn.Linear(D, V, key=ks[2], dtype=DTYPE)
         self.drop = eqx.nn.Dropout(rate, inference=rate == 0.0)
 
     def __call__(self, tokens, key):  # one example
@@ -437,11 +480,14 @@ def eqx_step_fn(rate):
     return step, (params, opt.init(params))
 
 
-STOAX_ROWS = ("stoax", "stoax unrolled", "stoax remat", "stoax prims")
 STEPS = {
-    "stoax": stoax_step_fn,
+    "stoax": stoax_step_fn,  # the library's default: one lax.scan, remat=recompute_elementwise
+    "stoax remat=False": functools.partial(stoax_step_fn, remat=False),
+    "stoax stored mask": stored_mask(stoax_step_fn),
     "stoax unrolled": functools.partial(stoax_step_fn, unroll=True),
-    "stoax remat": functools.partial(
+    "stoax unrolled stored mask": stored_mask(functools.partial(stoax_step_fn, unroll=True)),
+    "stoax unrolled remat=False": functools.partial(stoax_step_fn, unroll=True, remat=False),
+    "stoax remat dots": functools.partial(
         stoax_step_fn, remat=jax.checkpoint_policies.dots_with_no_batch_dims_saveable
     ),
     "stoax prims": stoax_prims_step_fn,
@@ -449,11 +495,15 @@ STEPS = {
     "flax linen": linen_step_fn,
     "equinox": eqx_step_fn,
 }
+if ARGS.rows:
+    STEPS = {name: STEPS[name] for name in ARGS.rows.split(",")}
+STOAX_ROWS = tuple(name for name in STEPS if name.startswith("stoax"))
+ANCHORS = tuple(name for name in ("flax nnx", "equinox") if name in STEPS)
 
 
 def transformer_table():
     tokens = jax.random.randint(jax.random.key(2), (B, T), 0, V)
-    programs = {}  # (name, rate) -> [compiled, state box, keys]; compile time; temp memory
+    programs = {}  # (name, rate) -> run; compile time; temp memory
     for name, make in STEPS.items():
         for rate in (RATE, 0.0):
             step, state = make(rate)
@@ -462,6 +512,7 @@ def transformer_table():
             t0 = time.perf_counter()
             compiled = jitted.lower(state, tokens, jax.random.key(3)).compile()
             compile_s = time.perf_counter() - t0
+            # XLA's own figure for the compiled program (no profiler): the same on CPU and GPU.
             temp = compiled.memory_analysis().temp_size_in_bytes
             keys = iter(jax.random.split(jax.random.key(4), REPS + 2))
             box = [state]
@@ -470,42 +521,61 @@ def transformer_table():
                 box[0], value = compiled(box[0], tokens, next(keys))
                 return value
 
-            jax.block_until_ready(run())  # warm-up
+            if not ARGS.memory_only:
+                jax.block_until_ready(run())  # warm-up
             programs[name, rate] = (run, compile_s, temp)
         print(f"  compiled {name}", file=sys.stderr)
 
     # Interleaved rounds: each round times one step of every program, so a change in the
     # machine's load hits all of them alike; the figure is the median over rounds.
     times = {k: [] for k in programs}
-    for _ in range(REPS):
+    for _ in range(0 if ARGS.memory_only else REPS):
         for k, (run, _, _) in programs.items():
             t0 = time.perf_counter()
             jax.block_until_ready(run())
             times[k].append(time.perf_counter() - t0)
     results = {name: {} for name in STEPS}  # name -> rate -> (ms, temp bytes, compile s)
     for (name, rate), (_, compile_s, temp) in programs.items():
-        results[name][rate] = (1e3 * statistics.median(times[name, rate]), temp, compile_s)
+        ms = 1e3 * statistics.median(times[name, rate]) if times[name, rate] else math.nan
+        results[name][rate] = (ms, temp, compile_s)
 
-    fastest_anchor = min(results[n][RATE][0] for n in ("flax nnx", "equinox"))
     print(
         f"\n(2)+(3) Transformer step: {L} layers, d_model {D}, {H} heads, seq {T}, batch {B}, "
-        f"adamw, dropout {RATE}; impl {ARGS.impl}; median of {REPS} interleaved rounds"
+        f"{DTYPE.name}, adamw, dropout {RATE}; impl {ARGS.impl}; "
+        + ("memory only" if ARGS.memory_only else f"median of {REPS} interleaved rounds")
     )
+    unrolled = results.get("stoax unrolled", {}).get(RATE)
     print(
-        f"{'library':18s} {'ms on':>8s} {'ms off':>8s} {'on/off':>7s} {'temp MiB on':>12s} "
-        f"{'temp MiB off':>13s} {'on/off':>7s} {'compile s':>10s}"
+        f"{'library':27s} {'ms on':>8s} {'ms off':>8s} {'on/off':>7s} {'temp MiB on':>12s} "
+        f"{'temp MiB off':>13s} {'on/off':>7s} {'/unrolled':>9s} {'compile s':>10s}"
     )
     for name, row in results.items():
         (on_ms, on_t, on_c), (off_ms, off_t, _) = row[RATE], row[0.0]
+        vs_unrolled = on_t / unrolled[1] if unrolled else math.nan
         print(
-            f"{name:18s} {on_ms:8.1f} {off_ms:8.1f} {on_ms / off_ms:7.2f} {on_t / 2**20:12.1f} "
-            f"{off_t / 2**20:13.1f} {on_t / off_t:7.3f} {on_c:10.1f}"
+            f"{name:27s} {on_ms:8.1f} {off_ms:8.1f} {on_ms / off_ms:7.2f} {on_t / 2**20:12.1f} "
+            f"{off_t / 2**20:13.1f} {on_t / off_t:7.3f} {vs_unrolled:9.3f} {on_c:10.1f}"
         )
-    for name in STOAX_ROWS:
-        print(
-            f"{name} dropout-on step time / fastest of (flax nnx, equinox): "
-            f"{results[name][RATE][0] / fastest_anchor:.2f}"
+    if ANCHORS and not ARGS.memory_only:
+        fastest_anchor = min(results[n][RATE][0] for n in ANCHORS)
+        for name in STOAX_ROWS:
+            print(
+                f"{name} dropout-on step time / fastest of ({', '.join(ANCHORS)}): "
+                f"{results[name][RATE][0] / fastest_anchor:.2f}"
+            )
+    if ARGS.json:
+        config = dict(
+            impl=ARGS.impl, dtype=DTYPE.name, layers=L, d_model=D, heads=H, seq=T, batch=B
         )
+        rows = {
+            name: {
+                "on": dict(zip(("ms", "temp_bytes", "compile_s"), row[RATE], strict=True)),
+                "off": dict(zip(("ms", "temp_bytes", "compile_s"), row[0.0], strict=True)),
+            }
+            for name, row in results.items()
+        }
+        with open(ARGS.json, "w") as f:
+            json.dump({"config": config, "jax": jax.__version__, "rows": rows}, f, indent=1)
     return results
 
 
@@ -514,5 +584,6 @@ if __name__ == "__main__":
         f"jax {jax.__version__}, backend {jax.default_backend()}, devices {jax.device_count()}, "
         f"impl {ARGS.impl}, reps {REPS}"
     )
-    elementwise_table()
+    if not (ARGS.skip_elementwise or ARGS.memory_only):
+        elementwise_table()
     transformer_table()

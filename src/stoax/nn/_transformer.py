@@ -21,6 +21,7 @@ from stoax.nn._layer_norm import LayerNorm
 from stoax.nn._linear import Linear
 from stoax.nn._mlp import MLP
 from stoax.transforms import Stack
+from stoax.transforms._remat import recompute_elementwise
 from stoax.transforms._stacked import check_remat
 
 __all__ = ["TransformerBlock", "TransformerEncoder"]
@@ -158,17 +159,16 @@ class TransformerEncoder(Module):
     broadcastable to ``(..., num_heads, length, length)``, True = may attend) goes to every
     attention layer, e.g. a padding mask ``pad[..., None, None, :]``.
 
-    ``remat`` (``True`` or a ``jax.checkpoint`` policy) and ``unroll`` go to the
-    :class:`~stoax.nn.Stack` of blocks. ``remat=jax.checkpoint_policies.
-    dots_with_no_batch_dims_saveable`` keeps only the weight matmuls' outputs and recomputes the
-    rest in the backward pass: in ``benchmarks/run.py`` it cut the step's temporary memory ~2.4x
-    and ran faster on CPU. The default runs the
-    blocks in one ``lax.scan`` (compile time flat in depth); ``unroll=True`` puts one copy of
-    the block per layer in the program, which compiles in time that grows with depth but, for a
-    few layers, runs a training step faster on CPU and with less temporary memory (the scan
-    keeps its residuals in stacked buffers; see ``benchmarks/README.md``). Either way layer
-    ``i`` derives its own key, ``child(child(key, "blocks"), i)``, inside the loop, so every
-    layer draws different masks -- and each layer's masks are the same with or without
+    ``remat`` and ``unroll`` go to the :class:`~stoax.nn.Stack` of blocks. The default runs
+    the blocks in one ``lax.scan`` (compile time flat in depth) under the checkpoint policy
+    :func:`~stoax.transforms.recompute_elementwise`: each layer stores its matmul outputs and
+    normalisation statistics and recomputes the elementwise rest in the backward pass -- less
+    temporary memory than the same blocks unrolled (``unroll=True``, whose compile time grows
+    with depth), and without it (``remat=False``) the scan's stacked residuals take ~1.6x as
+    much; figures in ``benchmarks/README.md``. ``remat=jax.checkpoint_policies.
+    dots_with_no_batch_dims_saveable`` keeps even less (the attention scores are recomputed
+    too). Whatever the choice, layer ``i`` derives its own key (``child(child(key, "blocks"),
+    i)``), so every layer draws its own masks, and the masks do not depend on ``remat`` or
     ``unroll``.
 
     Example:
@@ -208,7 +208,7 @@ class TransformerEncoder(Module):
         drop_path: float = 0.0,
         causal: bool = False,
         pool: str = "none",
-        remat: bool | Callable[..., bool] = False,
+        remat: bool | Callable[..., bool] = recompute_elementwise,
         unroll: int | bool = 1,
         *,
         key: jax.Array,

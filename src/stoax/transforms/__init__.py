@@ -2,7 +2,8 @@
 ``lax.scan``, vmapped ensembles, and scans over time steps."""
 
 from stoax.transforms._ensemble import Ensemble
+from stoax.transforms._remat import RECOMPUTED_PRIMITIVES, recompute_elementwise
 from stoax.transforms._scan import scan
 from stoax.transforms._stack import Stack
 
-__all__ = ["Ensemble", "Stack", "scan"]
+__all__ = ["RECOMPUTED_PRIMITIVES", "Ensemble", "Stack", "recompute_elementwise", "scan"]

@@ -18,6 +18,7 @@ from stoax._edit import map_modules
 from stoax._errors import locate_layer_errors
 from stoax._module import Module, field
 from stoax._state import apply, updates_state
+from stoax.transforms._remat import checkpoint_step, recompute_elementwise
 from stoax.transforms._stacked import Copies, check_remat, check_unroll, split
 
 __all__ = ["Stack"]
@@ -41,9 +42,14 @@ class Stack(Copies):
 
     Args:
         layers: one block whose arrays all have the leading layer axis.
-        remat: ``True`` to rematerialise each layer in the backward pass (``jax.checkpoint``
-            around the scan step: only the activations between layers are stored), or a
-            ``jax.checkpoint_policies`` policy. Dropout masks are the same with or without it.
+        remat: what each layer keeps for the backward pass (``jax.checkpoint`` around the
+            scan step). The default, :func:`~stoax.transforms.recompute_elementwise`, stores
+            the outputs of matmuls, reductions and the like and recomputes elementwise ones --
+            what XLA keeps for the same layers unrolled; without it (``remat=False``) the scan
+            stores every elementwise intermediate of every layer in stacked buffers (1.6x the
+            temporary memory in ``benchmarks/run.py``'s Transformer). ``True`` keeps only the
+            activations between layers; any ``jax.checkpoint_policies`` policy is accepted.
+            Outputs, gradients and dropout masks are the same whatever the choice.
         unroll: passed to ``lax.scan``.
 
     Example:
@@ -64,7 +70,7 @@ class Stack(Copies):
 
     layers: Module
     length: int
-    remat: bool | Callable[..., bool] = False
+    remat: bool | Callable[..., bool] = recompute_elementwise
     unroll: int | bool = 1
     stacked: frozenset[str] = field(default=frozenset(), repr=False)
 
@@ -74,7 +80,7 @@ class Stack(Copies):
         self,
         layers: Module,
         length: int | None = None,
-        remat: bool | Callable[..., bool] = False,
+        remat: bool | Callable[..., bool] = recompute_elementwise,
         unroll: int | bool = 1,
         stacked: frozenset[str] | None = None,
     ):
@@ -94,7 +100,7 @@ class Stack(Copies):
         n: int,
         *,
         key: jax.Array,
-        remat: bool | Callable[..., bool] = False,
+        remat: bool | Callable[..., bool] = recompute_elementwise,
         unroll: int | bool = 1,
     ) -> Stack:
         """``n`` layers built by ``make(key)`` under ``jax.vmap``; layer ``i`` gets the init key
@@ -107,7 +113,7 @@ class Stack(Copies):
         cls,
         layers: Sequence[Module],
         *,
-        remat: bool | Callable[..., bool] = False,
+        remat: bool | Callable[..., bool] = recompute_elementwise,
         unroll: int | bool = 1,
     ) -> Stack:
         """A stack of existing blocks, which must share their structure and static fields."""
@@ -116,7 +122,10 @@ class Stack(Copies):
     def _repr_options(self) -> list[tuple[str, Any]]:
         return [
             (name, value)
-            for name, value, default in (("remat", self.remat, False), ("unroll", self.unroll, 1))
+            for name, value, default in (
+                ("remat", self.remat, recompute_elementwise),
+                ("unroll", self.unroll, 1),
+            )
             if value is not default
         ]
 
@@ -136,13 +145,13 @@ class Stack(Copies):
             return layer(carry, key=keys.child(key, i), **kwargs), None
 
         self._check_carry(parts, x, key, kwargs)
-        if self.remat is not False:
-            policy = None if self.remat is True else self.remat
-            # prevent_cse=False: inside scan there is nothing for XLA to CSE across steps.
-            step = jax.checkpoint(step, prevent_cse=False, policy=policy)
         index = jnp.arange(self.length)
-        y, _ = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
+        y, _ = jax.lax.scan(self._checkpoint(step), x, (index, parts.stacked), unroll=self.unroll)
         return y
+
+    def _checkpoint(self, step: Callable[..., Any]) -> Callable[..., Any]:
+        unrolled = self.unroll is True or self.unroll >= self.length
+        return checkpoint_step(step, self.remat, unrolled=unrolled)
 
     @locate_layer_errors
     def apply(self, x: Any, *, key: jax.Array | None = None, **kwargs: Any) -> tuple[Any, Stack]:
@@ -159,11 +168,10 @@ class Stack(Copies):
             return y, parts.stacked_of(layer, "Stack")
 
         self._check_carry(parts, x, key, kwargs)
-        if self.remat is not False:
-            policy = None if self.remat is True else self.remat
-            step = jax.checkpoint(step, prevent_cse=False, policy=policy)
         index = jnp.arange(self.length)
-        y, stacked = jax.lax.scan(step, x, (index, parts.stacked), unroll=self.unroll)
+        y, stacked = jax.lax.scan(
+            self._checkpoint(step), x, (index, parts.stacked), unroll=self.unroll
+        )
         return y, self.replace(layers=parts.rebuild(stacked))
 
     def decode(
