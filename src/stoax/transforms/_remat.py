@@ -24,17 +24,24 @@ __all__ = ["RECOMPUTED_PRIMITIVES", "recompute_elementwise"]
 # consumers), and random-bit generation (stoax's promise: masks are regenerated from their key,
 # never stored). Everything else -- dot_general, conv, reductions, gathers, sort, collectives,
 # custom calls, primitives this list does not know -- is stored.
-RECOMPUTED_PRIMITIVES: frozenset[str] = frozenset(
-    """
-    abs acos acosh add add_any and asin asinh atan atan2 atanh bitcast_convert_type
-    broadcast_in_dim cbrt ceil clamp clz complex concatenate conj convert_element_type copy cos
-    cosh div dynamic_slice eq erf erf_inv erfc exp exp2 expm1 floor ge gt imag integer_pow iota
-    is_finite le log log1p logistic lt max min mul ne neg nextafter not or pad population_count
-    pow real reduce_precision rem reshape rev round rsqrt select_n shift_left
-    shift_right_arithmetic shift_right_logical sign sin sinh slice sqrt square squeeze sub tan
-    tanh transpose xor random_bits threefry2x32 rng_bit_generator
-    """.split()
-)
+# fmt: off
+RECOMPUTED_PRIMITIVES: frozenset[str] = frozenset([
+    # elementwise arithmetic, comparisons, bit operations, casts
+    "abs", "acos", "acosh", "add", "add_any", "and", "asin", "asinh", "atan", "atan2", "atanh",
+    "bitcast_convert_type", "cbrt", "ceil", "clamp", "clz", "complex", "conj",
+    "convert_element_type", "copy", "cos", "cosh", "div", "eq", "erf", "erf_inv", "erfc", "exp",
+    "exp2", "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite", "le", "log",
+    "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or",
+    "population_count", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n",
+    "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt",
+    "square", "sub", "tan", "tanh", "xor",
+    # layout
+    "broadcast_in_dim", "concatenate", "dynamic_slice", "iota", "pad", "reshape", "rev", "slice",
+    "squeeze", "transpose",
+    # random bits: regenerated from their key, never stored
+    "random_bits", "rng_bit_generator", "threefry2x32",
+])
+# fmt: on
 
 
 def recompute_elementwise(prim: Any, *avals: Any, **params: Any) -> bool:
