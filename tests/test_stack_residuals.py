@@ -49,7 +49,14 @@ def _saved(f, *args) -> list[tuple[int, str]]:
     return saved
 
 
-_DTYPES = {"f32": "float32", "bf16": "bfloat16", "f16": "float16", "u32": "uint32", "i32": "int32"}
+_DTYPES = {
+    "f32": "float32",
+    "bf16": "bfloat16",
+    "f16": "float16",
+    "u32": "uint32",
+    "u8": "uint8",
+    "i32": "int32",
+}
 
 
 def _grad_temp_bytes(model) -> int:

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.custom_derivatives import SymbolicZero
 
 from stoax._strength import check_strength
@@ -475,8 +476,18 @@ def _dropout_regen(static, x, key, rate):
 
 
 def _pack(mask: jax.Array) -> jax.Array:
-    """A boolean mask packed 8 elements to a byte along its last axis (1/32 of a float32)."""
-    return jnp.packbits(jnp.atleast_1d(mask), axis=-1, bitorder="little")
+    """A boolean mask packed 8 elements to a byte along its last axis (1/32 of a float32).
+
+    Named (``checkpoint_name``) so that a ``jax.checkpoint`` policy that recomputes elementwise
+    operations -- :func:`stoax.transforms.recompute_elementwise`, the default of ``Stack`` --
+    stores these bytes: unnamed, it would store ``packbits``' last non-elementwise value, the
+    bits summed in ``uint32`` before the cast to ``uint8`` (4x the size).
+    """
+    packed = jnp.packbits(jnp.atleast_1d(mask), axis=-1, bitorder="little")
+    return checkpoint_name(packed, PACKED_MASK_NAME)
+
+
+PACKED_MASK_NAME = "stoax.packed_mask"
 
 
 def _unpack(packed: jax.Array, shape: tuple[int, ...]) -> jax.Array:
