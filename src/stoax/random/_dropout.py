@@ -231,8 +231,11 @@ def _never_along(g: Any, shape: tuple[int, ...]) -> jax.Array:
     """False, broadcastable to ``shape``, computed from ``g`` (a cotangent of another shape).
 
     When ``g`` has ``shape``'s leading axes (a Linear's output), its first column is read, which
-    keeps a batch-sharded ``g`` local; otherwise a single element of ``g``. (``g`` a pytree:
-    its first non-empty floating leaf.)"""
+    keeps a batch-sharded ``g`` local. Otherwise (attention probabilities, whose ``fn`` output
+    has other axes) nothing is tied: a single element of ``g`` would be on one device only, and
+    reading it everywhere costs an all-gather and an all-reduce on a tensor-parallel mesh
+    (``tests/test_multiprocess.py`` counts them). (``g`` a pytree: its first non-empty floating
+    leaf.)"""
     leaves = [
         a
         for a in jax.tree.leaves(g)
@@ -243,7 +246,7 @@ def _never_along(g: Any, shape: tuple[int, ...]) -> jax.Array:
     g = leaves[0]
     if g.ndim == len(shape) and g.ndim and g.shape[:-1] == shape[:-1]:
         return _never(g[..., :1])
-    return _never(jnp.ravel(g)[0])
+    return jnp.zeros((), jnp.bool_)
 
 
 def _tie(words: jax.Array, a: jax.Array) -> jax.Array:
