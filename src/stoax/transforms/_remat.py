@@ -42,6 +42,9 @@ RECOMPUTED_PRIMITIVES: frozenset[str] = frozenset([
     "random_bits", "rng_bit_generator", "threefry2x32",
 ])
 # fmt: on
+"""Names of the primitives whose outputs :func:`recompute_elementwise` recomputes in the
+backward pass instead of storing: elementwise arithmetic, comparisons and casts, layout changes,
+and random-bit generation. Every other primitive's output is stored."""
 
 
 def recompute_elementwise(prim: Any, *avals: Any, **params: Any) -> bool:
