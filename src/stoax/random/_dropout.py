@@ -512,8 +512,11 @@ def _forward_mask(static, x, key, r):
     # The draw depends on the key alone, so XLA may schedule every layer's draw at the start of
     # the program and keep all the bits alive: tying it to ``x`` makes it run when x is ready.
     tied_key = jax.random.wrap_key_data(_tie(words, x), impl=static[1])
-    mask = _mask_from_bits(jax.random.bits(tied_key, static[2], jnp.uint32), r)
-    return mask, _pack(mask)
+    packed = _pack(_mask_from_bits(jax.random.bits(tied_key, static[2], jnp.uint32), r))
+    # The forward output is computed from the packed bytes too: a rematerialised forward pass
+    # (a Stack's recompute_elementwise, which stores those bytes) then rebuilds the output from
+    # them instead of running RngBitGenerator again.
+    return _unpack(packed, static[2]), packed
 
 
 def _backward_mask(static, kept, r, tie):
