@@ -32,7 +32,7 @@ RECOMPUTED_PRIMITIVES: frozenset[str] = frozenset([
     "convert_element_type", "copy", "cos", "cosh", "div", "eq", "erf", "erf_inv", "erfc", "exp",
     "exp2", "expm1", "floor", "ge", "gt", "imag", "integer_pow", "is_finite", "le", "log",
     "log1p", "logistic", "lt", "max", "min", "mul", "ne", "neg", "nextafter", "not", "or",
-    "population_count", "pow", "real", "reduce_precision", "rem", "round", "rsqrt", "select_n",
+    "population_count", "pow", "real", "rem", "round", "rsqrt", "select_n",
     "shift_left", "shift_right_arithmetic", "shift_right_logical", "sign", "sin", "sinh", "sqrt",
     "square", "sub", "tan", "tanh", "xor",
     # layout
@@ -44,7 +44,9 @@ RECOMPUTED_PRIMITIVES: frozenset[str] = frozenset([
 # fmt: on
 """Names of the primitives whose outputs :func:`recompute_elementwise` recomputes in the
 backward pass instead of storing: elementwise arithmetic, comparisons and casts, layout changes,
-and random-bit generation. Every other primitive's output is stored."""
+and random-bit generation. Every other primitive's output is stored -- ``reduce_precision``
+included: older JAX versions round every matmul and reduction output with it, and storing the
+rounded value is storing the matmul's output."""
 
 
 def recompute_elementwise(prim: Any, *avals: Any, **params: Any) -> bool:
