@@ -164,7 +164,7 @@ class TransformerEncoder(Module):
     :func:`~stoax.transforms.recompute_elementwise`: each layer stores its matmul outputs and
     normalisation statistics and recomputes the elementwise rest in the backward pass -- less
     temporary memory than the same blocks unrolled (``unroll=True``, whose compile time grows
-    with depth), and without it (``remat=False``) the scan's stacked residuals take ~1.6x as
+    with depth), and without it (``remat=False``) the scan's stacked residuals take ~2.2x as
     much; figures in ``benchmarks/README.md``. ``remat=jax.checkpoint_policies.
     dots_with_no_batch_dims_saveable`` keeps even less (the attention scores are recomputed
     too). Whatever the choice, layer ``i`` derives its own key (``child(child(key, "blocks"),

@@ -46,7 +46,7 @@ class Stack(Copies):
             scan step). The default, :func:`~stoax.transforms.recompute_elementwise`, stores
             the outputs of matmuls, reductions and the like and recomputes elementwise ones --
             what XLA keeps for the same layers unrolled; without it (``remat=False``) the scan
-            stores every elementwise intermediate of every layer in stacked buffers (1.6x the
+            stores every elementwise intermediate of every layer in stacked buffers (2.2x the
             temporary memory in ``benchmarks/run.py``'s Transformer). ``True`` keeps only the
             activations between layers; any ``jax.checkpoint_policies`` policy is accepted.
             Outputs, gradients and dropout masks are the same whatever the choice.
