@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The decisive figures of the performance work on an accelerator, in about 5 minutes (an H100/
+# The decisive figures of the performance work on an accelerator, sized for about 5 minutes on an H100/
 # H200 class GPU; the same scripts as on CPU, unchanged -- memory from XLA's memory_analysis(),
 # no profiler):
 #   1. the Transformer step, threefry2x32 and rbg: step time with dropout on/off for stoax's
