@@ -431,3 +431,14 @@ def test_missing_key_error_names_the_field_path_of_the_layer():
         seq(jnp.ones(3))
     with pytest.raises(MissingKeyError, match=r"^Dropout\(rate=0\.5.*training mode"):
         Dropout(0.5)(jnp.ones(3))  # a layer on its own is named by itself
+
+
+def test_alpha_dropout_checks_its_fields_on_replace_too():
+    # The one validation path (__check_init__): a bad rate is refused however it arrives.
+    layer = stoax.nn.AlphaDropout(0.1)
+    with pytest.raises(ValueError, match="AlphaDropout"):
+        layer.replace(rate=1.5)
+    with pytest.raises(ValueError, match="below 1"):
+        layer.replace(rate=1.0)
+    with pytest.raises((TypeError, ValueError), match="AlphaDropout"):
+        layer.replace(training="yes")

@@ -40,7 +40,7 @@ class AlphaDropout(Module):
     rate: float | jax.Array = field(trainable=False, default=0.1)
     training: bool | jax.Array = field(default=True, kw_only=True)
 
-    def __post_init__(self) -> None:
+    def __check_init__(self) -> None:  # on construction, replace, replace_at and set_mode
         self.rate = check_rate(self.rate, "AlphaDropout")
         if isinstance(self.rate, float) and self.rate == 1.0:
             raise ValueError(
