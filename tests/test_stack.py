@@ -86,13 +86,15 @@ def test_stack_equals_python_loop_bitwise_with_and_without_remat(stack):
     x = x_of()
     ct = jax.random.normal(jax.random.key(8), x.shape)
     results = {}
-    for remat in (False, True):
+    assert stack.remat is stoax.transforms.recompute_elementwise  # the default policy
+    for remat in (stoax.transforms.recompute_elementwise, False, True):
         by_stack, by_loop = outputs_and_vjps(stack.replace(remat=remat), x, ct)
         assert_trees_equal(by_stack, by_loop)
         assert (by_stack[0] == 0).any()  # dropout is on
         results[remat] = by_stack
     # rematerialisation changes nothing: same masks, same gradients
     assert_trees_equal(results[False], results[True])
+    assert_trees_equal(results[False], results[stoax.transforms.recompute_elementwise])
 
 
 def test_each_layer_draws_an_independent_mask():
