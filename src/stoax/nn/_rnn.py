@@ -17,6 +17,7 @@ from stoax.nn._cells import _Cell
 from stoax.nn._checks import check_rate, draw_key, require_float
 from stoax.nn._dropout import Dropout
 from stoax.random import keep_mask
+from stoax.transforms._remat import checkpoint_step
 
 __all__ = ["Bidirectional", "DROPOUT_MODES", "RNN", "StackedRNN"]
 
@@ -192,9 +193,8 @@ class RNN(Module):
 
         xw = self._project_inputs(xs, k_in, active[0])
         step = self._step(k_rec, active[1] and self.dropout_mode != "none", batch, xs.dtype)
-        if self.remat is not False:
-            policy = None if self.remat is True else self.remat
-            step = jax.checkpoint(step, prevent_cse=False, policy=policy)
+        unrolled = self.unroll is True or self.unroll >= xs.shape[0]
+        step = checkpoint_step(step, self.remat, unrolled=unrolled)
         t = jnp.arange(xs.shape[0])
         carry, ys = jax.lax.scan(
             step, carry, (t, xw, valid), reverse=self.reverse, unroll=self.unroll

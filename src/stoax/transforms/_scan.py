@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from stoax import keys
 from stoax._edit import map_modules
 from stoax._mode import check_training_flag, has_training_field, set_mode
+from stoax.transforms._remat import checkpoint_step
 from stoax.transforms._stacked import check_remat
 
 __all__ = ["scan"]
@@ -103,8 +104,7 @@ def scan(
         t, x = t_x
         return f(carry, x, key=keys.child(key, t))
 
-    if remat is not False:
-        body = jax.checkpoint(body, prevent_cse=False, policy=None if remat is True else remat)
+    body = checkpoint_step(body, remat, unrolled=unroll is True or unroll >= length)
     return jax.lax.scan(
         body, init, (jnp.arange(length), xs), length=length, reverse=reverse, unroll=unroll
     )
