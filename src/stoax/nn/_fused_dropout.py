@@ -14,6 +14,7 @@ gradients are bitwise those of calling the two layers one after the other.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ import jax
 from stoax._errors import LayerError
 from stoax._module import is_module
 
-__all__ = ["fuses_with_dropout", "dropout_into"]
+__all__ = ["dropout_into", "fuses_with_dropout", "fused_steps"]
 
 
 def fuses_with_dropout(drop: Any, layer: Any) -> bool:
@@ -34,6 +35,18 @@ def fuses_with_dropout(drop: Any, layer: Any) -> bool:
         and is_module(layer)
         and getattr(type(layer), "fuse_preceding_dropout", False) is True
     )
+
+
+def fused_steps(layers: Sequence[Any]) -> Iterator[tuple[int, Any, Any]]:
+    """``(i, layer, fused)`` for each step of a container running ``layers`` in order:
+    ``fused`` is the layer after ``layer`` when the two run as one :func:`dropout_into` (the
+    step then covers positions ``i`` and ``i + 1``), else ``None``."""
+    i = 0
+    while i < len(layers):
+        after = layers[i + 1] if i + 1 < len(layers) else None
+        fused = after if after is not None and fuses_with_dropout(layers[i], after) else None
+        yield i, layers[i], fused
+        i += 1 if fused is None else 2
 
 
 @dataclass(frozen=True)

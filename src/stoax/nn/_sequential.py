@@ -12,7 +12,7 @@ from stoax._errors import locate_layer_errors
 from stoax._module import Module, is_module
 from stoax._peer_layers import takes_key
 from stoax._state import apply, updates_state
-from stoax.nn._fused_dropout import dropout_into, fuses_with_dropout
+from stoax.nn._fused_dropout import dropout_into, fused_steps
 
 __all__ = ["Sequential"]
 
@@ -71,17 +71,13 @@ class Sequential(Module):
             x: the first layer's input.
             key: layer ``i`` gets ``child(key, i)`` (a plain function that takes no ``key`` is
                 called without one); needed in training mode when a layer is stochastic."""
-        layers, i = self.layers, 0
-        while i < len(layers):
-            layer = layers[i]
-            if i + 1 < len(layers) and fuses_with_dropout(layer, layers[i + 1]):
-                # Dropout -> Linear/Conv as one dropout_then, with the dropout's usual key.
-                x = dropout_into(layer, layers[i + 1], x, key=keys.child(key, i))
-                i += 2
-                continue
-            takes = is_module(layer) or takes_key(layer)
-            x = layer(x, key=keys.child(key, i)) if takes else layer(x)
-            i += 1
+        for i, layer, fused in fused_steps(self.layers):
+            if fused is not None:  # Dropout -> Linear/Conv as one dropout_then, the same key
+                x = dropout_into(layer, fused, x, key=keys.child(key, i))
+            elif is_module(layer) or takes_key(layer):
+                x = layer(x, key=keys.child(key, i))
+            else:
+                x = layer(x)
         return x
 
     @locate_layer_errors
@@ -91,13 +87,12 @@ class Sequential(Module):
         if not updates_state(self):  # stateless, or evaluation mode: nothing to thread
             return self(x, key=key), self
         layers = []
-        for i, layer in enumerate(self.layers):
-            if i and fuses_with_dropout(self.layers[i - 1], layer):
-                layers.append(layer)  # applied with the dropout before it (stateless both)
+        for i, layer, fused in fused_steps(self.layers):
+            if fused is not None:  # stateless both: nothing to update
+                x = dropout_into(layer, fused, x, key=keys.child(key, i))
+                layers += [layer, fused]
                 continue
-            if i + 1 < len(self.layers) and fuses_with_dropout(layer, self.layers[i + 1]):
-                x = dropout_into(layer, self.layers[i + 1], x, key=keys.child(key, i))
-            elif is_module(layer):
+            if is_module(layer):
                 x, layer = apply(layer, x, key=keys.child(key, i))
             elif takes_key(layer):
                 x = layer(x, key=keys.child(key, i))
