@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +15,9 @@ from stoax._module import Module
 from stoax.nn._checks import require_float
 from stoax.nn._init import CONV_LECUN_NORMAL, ZEROS, Initializer, weight_and_bias
 from stoax.nn._sizes import positive_int, positive_ints
+
+if TYPE_CHECKING:
+    from stoax.nn._conv_transpose import ConvTranspose
 
 __all__ = ["Conv"]
 
@@ -127,32 +130,20 @@ class Conv(Module):
                 ``kernel_size`` has entries.
             key: unused; accepted so that every layer is called alike (containers pass a key to each
                 layer)."""
-        require_float(x, self)
-        n = len(self.stride)
-        if x.ndim < n + 1 or x.shape[-1] != self.in_channels:
-            layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
-            raise LayerValueError(
-                self,
-                f": expected a channels-last input (..., {layout}) with C = {self.in_channels} "
-                f"({self.out_channels} output channels, kernel {self.kernel_size}), got shape "
-                f"{tuple(x.shape)}.",
-            )
-        batch = x.shape[: x.ndim - n - 1]
-        h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
-        dtype = jnp.promote_types(x.dtype, self.weight.dtype)
-        spatial = _SPATIAL[-n:]
-        y = jax.lax.conv_general_dilated(
-            h.astype(dtype),
-            self.weight.astype(dtype),
-            window_strides=self.stride,
-            padding=self.padding,
-            rhs_dilation=self.dilation,
-            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
-            feature_group_count=self.groups,
+        return channels_last(
+            self,
+            x,
+            lambda h, w, dims: jax.lax.conv_general_dilated(
+                h,
+                w,
+                window_strides=self.stride,
+                padding=self.padding,
+                rhs_dilation=self.dilation,
+                dimension_numbers=dims,
+                feature_group_count=self.groups,
+            ),
+            f" ({self.out_channels} output channels, kernel {self.kernel_size})",
         )
-        if self.bias is not None:
-            y = y + self.bias.astype(dtype)
-        return y.reshape((*batch, *y.shape[1:]))
 
 
 def _num_spatial(kernel_size: object, layer: str = "Conv", name: str = "kernel_size") -> int:
@@ -188,3 +179,33 @@ def _padding(padding: Padding, n: int, layer: str = "Conv") -> str | tuple[tuple
             f"per spatial dimension) each an int or a (low, high) pair; got {padding!r}."
         )
     return tuple(pairs)
+
+
+def channels_last(
+    layer: Conv | ConvTranspose,
+    x: jax.Array,
+    conv: Callable[[jax.Array, jax.Array, tuple[str, str, str]], jax.Array],
+    detail: str = "",
+) -> jax.Array:
+    """``conv(h, weight, dimension_numbers)`` of a (transposed) convolution ``layer`` on a
+    channels-last ``x``, whatever its leading batch axes: checks ``x``, folds the batch axes into
+    one, computes in the promoted dtype, adds the bias and unfolds. ``detail`` goes into the
+    error message after the expected channel count."""
+    require_float(x, layer)
+    n = len(layer.stride)
+    if x.ndim < n + 1 or x.shape[-1] != layer.in_channels:
+        layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
+        raise LayerValueError(
+            layer,
+            f": expected a channels-last input (..., {layout}) with C = {layer.in_channels}"
+            f"{detail}, got shape {tuple(x.shape)}.",
+        )
+    batch = x.shape[: x.ndim - n - 1]
+    h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
+    dtype = jnp.promote_types(x.dtype, layer.weight.dtype)
+    spatial = _SPATIAL[-n:]
+    dims = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+    y = conv(h.astype(dtype), layer.weight.astype(dtype), dims)
+    if layer.bias is not None:
+        y = y + layer.bias.astype(dtype)
+    return y.reshape((*batch, *y.shape[1:]))

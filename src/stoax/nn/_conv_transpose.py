@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stoax._errors import LayerValueError
 from stoax._module import Module
-from stoax.nn._checks import require_float
-from stoax.nn._conv import _SPATIAL, Padding, _num_spatial, _padding
+from stoax.nn._conv import Padding, _num_spatial, _padding, channels_last
 from stoax.nn._init import CONV_LECUN_NORMAL, ZEROS, Initializer, weight_and_bias
 from stoax.nn._sizes import positive_int, positive_ints
 
@@ -108,27 +105,15 @@ class ConvTranspose(Module):
                 ``kernel_size`` has entries.
             key: unused; accepted so that every layer is called alike (containers pass a key to each
                 layer)."""
-        require_float(x, self)
-        n = len(self.stride)
-        if x.ndim < n + 1 or x.shape[-1] != self.in_channels:
-            layout = ", ".join(("length",) if n == 1 else _SPATIAL[-n:]) + ", C"
-            raise LayerValueError(
-                self,
-                f": expected a channels-last input (..., {layout}) with C = {self.in_channels}, "
-                f"got shape {tuple(x.shape)}.",
-            )
-        batch = x.shape[: x.ndim - n - 1]
-        h = x.reshape((math.prod(batch), *x.shape[x.ndim - n - 1 :]))
-        dtype = jnp.promote_types(x.dtype, self.weight.dtype)
-        spatial = _SPATIAL[-n:]
-        y = jax.lax.conv_transpose(
-            h.astype(dtype),
-            self.weight.astype(dtype),
-            strides=self.stride,
-            padding=self.padding,
-            rhs_dilation=self.dilation,
-            dimension_numbers=(f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"),
+        return channels_last(
+            self,
+            x,
+            lambda h, w, dims: jax.lax.conv_transpose(
+                h,
+                w,
+                strides=self.stride,
+                padding=self.padding,
+                rhs_dilation=self.dilation,
+                dimension_numbers=dims,
+            ),
         )
-        if self.bias is not None:
-            y = y + self.bias.astype(dtype)
-        return y.reshape((*batch, *y.shape[1:]))
